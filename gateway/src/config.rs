@@ -1,0 +1,777 @@
+//! Configuration: TOML with `${VAR}` / `${VAR:-default}` interpolation, parsed strictly, then
+//! validated into typed values before anything listens.
+//!
+//! Two layers (TensorZero's habit): `Raw*` mirrors the file with `deny_unknown_fields`; the
+//! validated [`Config`] holds parsed addresses, URIs, durations, loaded certificates and
+//! secrets. Every error names the file, the key path and what is wrong.
+//!
+//! Interpolation runs on string values only, after TOML parsing, so a variable's value can never
+//! change the document's structure. `${VAR}` fails when VAR is unset; `${VAR:-default}` uses the
+//! default when VAR is unset or empty (shell semantics); `$$` is a literal `$`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    deny: Vec<RawDeny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: u64,
+    #[serde(default = "default_header_timeout")]
+    header_read_timeout_ms: u64,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+fn default_max_body() -> u64 {
+    16 * 1024 * 1024
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    client_auth: ClientAuth,
+}
+
+/// Whether a TLS listener asks for client certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    #[serde(default)]
+    level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The provider kind of an upstream: which dialect it speaks and how it authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible server (OpenAI, vLLM, Ollama's `/v1`): `Authorization: Bearer`.
+    Openai,
+    /// Anthropic's Messages API: `x-api-key`.
+    Anthropic,
+    /// The built-in deterministic provider; no network.
+    Mock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    kind: ProviderKind,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    api_key_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    chunk_delay_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+
+fn default_timeout() -> u64 {
+    600_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    model: String,
+    upstream: String,
+    #[serde(default)]
+    upstream_model: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeny {
+    model: String,
+    #[serde(default = "default_deny_status")]
+    status: u16,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn default_deny_status() -> u16 {
+    403
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+#[derive(Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub deny: Vec<DenyConfig>,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS material, loaded and checked at config time.
+#[derive(Debug)]
+pub struct TlsConfig {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub client_ca: Vec<CertificateDer<'static>>,
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// `None` only for `mock`.
+    pub base_url: Option<Uri>,
+    pub api_key: Option<Secret>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub chunk_delay: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    /// An exact name, a prefix pattern ending in `*`, or `*`.
+    pub model: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub upstream_model: Option<String>,
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct DenyConfig {
+    pub model: String,
+    pub status: http::StatusCode,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads, interpolates from the process environment, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::from_str_with_env(path, &text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses `text` (as if read from `path`, which also anchors relative file paths), taking
+    /// variables from `env`.
+    pub fn from_str_with_env(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
+        let mut value = toml::Value::Table(table);
+        interpolate_value(&mut value, &mut String::new(), env).map_err(|(k, m)| err(&k, m))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            err(&key, e.into_inner().to_string())
+        })?;
+        let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+        validate(raw, path, base_dir).map_err(|(k, m)| err(&k, m))
+    }
+}
+
+type Invalid = (String, String);
+
+fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, Invalid> {
+    let bad = |k: &str, m: String| (k.to_string(), m);
+
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+        bad(
+            "server.listen",
+            format!(
+                "\"{}\" is not an IP:PORT socket address (e.g. 127.0.0.1:8080)",
+                raw.server.listen
+            ),
+        )
+    })?;
+    if raw.server.max_body_bytes == 0 {
+        return Err(bad("server.max_body_bytes", "must be greater than 0".into()));
+    }
+    if raw.server.header_read_timeout_ms == 0 {
+        return Err(bad(
+            "server.header_read_timeout_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    let tls = raw.server.tls.map(|t| load_tls(t, base_dir)).transpose()?;
+
+    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
+        return Err(bad(
+            "log.level",
+            format!("\"{level}\" is not a valid level or filter directive"),
+        ));
+    }
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (name, u) in raw.upstreams {
+        let key = format!("upstreams.{name}");
+        let base_url = match (u.kind, u.base_url) {
+            (ProviderKind::Mock, None) => None,
+            (ProviderKind::Mock, Some(_)) => {
+                return Err(bad(
+                    &format!("{key}.base_url"),
+                    "a mock upstream has no base_url".into(),
+                ));
+            }
+            (_, None) => {
+                return Err(bad(
+                    &format!("{key}.base_url"),
+                    "missing (required for this kind)".into(),
+                ));
+            }
+            (_, Some(s)) => Some(parse_base_url(&s).map_err(|m| bad(&format!("{key}.base_url"), m))?),
+        };
+        let api_key = match (u.api_key, u.api_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(&key, "set api_key or api_key_file, not both".into()));
+            }
+            (Some(k), None) => Some(k),
+            (None, Some(f)) => {
+                let p = resolve(base_dir, &f);
+                let k = std::fs::read_to_string(&p).map_err(|e| {
+                    bad(
+                        &format!("{key}.api_key_file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                Some(k.trim().to_string())
+            }
+            (None, None) => None,
+        };
+        // An empty key (e.g. `${OPENAI_API_KEY:-}` with the variable unset) sends no credential.
+        let api_key = api_key.filter(|k| !k.is_empty()).map(Secret);
+        if let Some(k) = &api_key
+            && http::HeaderValue::from_str(k.expose()).is_err()
+        {
+            return Err(bad(
+                &format!("{key}.api_key"),
+                "contains characters not allowed in a header".into(),
+            ));
+        }
+        if u.kind == ProviderKind::Mock && api_key.is_some() {
+            return Err(bad(
+                &format!("{key}.api_key"),
+                "a mock upstream takes no credential".into(),
+            ));
+        }
+        if u.kind != ProviderKind::Mock && u.chunk_delay_ms != 0 {
+            return Err(bad(
+                &format!("{key}.chunk_delay_ms"),
+                "only a mock upstream has chunk_delay_ms".into(),
+            ));
+        }
+        if u.connect_timeout_ms == 0 || u.timeout_ms == 0 {
+            return Err(bad(&key, "timeouts must be greater than 0".into()));
+        }
+        upstreams.push(UpstreamConfig {
+            name,
+            kind: u.kind,
+            base_url,
+            api_key,
+            connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+            timeout: Duration::from_millis(u.timeout_ms),
+            chunk_delay: (u.chunk_delay_ms > 0).then(|| Duration::from_millis(u.chunk_delay_ms)),
+        });
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        check_pattern(&r.model).map_err(|m| bad(&format!("{key}.model"), m))?;
+        let upstream = upstreams
+            .iter()
+            .position(|u| u.name == r.upstream)
+            .ok_or_else(|| {
+                bad(
+                    &format!("{key}.upstream"),
+                    format!("no upstream named \"{}\" in [upstreams]", r.upstream),
+                )
+            })?;
+        for a in &r.aliases {
+            if a.is_empty() || a.contains('*') {
+                return Err(bad(
+                    &format!("{key}.aliases"),
+                    format!("\"{a}\" must be an exact, non-empty model name"),
+                ));
+            }
+        }
+        if r.upstream_model.as_deref() == Some("") {
+            return Err(bad(&format!("{key}.upstream_model"), "must not be empty".into()));
+        }
+        for name in std::iter::once(&r.model).chain(&r.aliases) {
+            if !seen.insert(name.clone()) {
+                return Err(bad(&key, format!("model name \"{name}\" is routed twice")));
+            }
+        }
+        routes.push(RouteConfig {
+            model: r.model,
+            upstream,
+            upstream_model: r.upstream_model,
+            aliases: r.aliases,
+        });
+    }
+
+    let mut deny = Vec::with_capacity(raw.deny.len());
+    for (i, d) in raw.deny.into_iter().enumerate() {
+        let key = format!("deny[{i}]");
+        check_pattern(&d.model).map_err(|m| bad(&format!("{key}.model"), m))?;
+        let status = match d.status {
+            401 | 403 | 429 => http::StatusCode::from_u16(d.status).map_err(|e| bad(&key, e.to_string()))?,
+            s => {
+                return Err(bad(
+                    &format!("{key}.status"),
+                    format!("{s} is not one of 401, 403, 429"),
+                ));
+            }
+        };
+        let message = d
+            .message
+            .unwrap_or_else(|| format!("model \"{}\" is denied by the gateway", d.model));
+        deny.push(DenyConfig {
+            model: d.model,
+            status,
+            message,
+        });
+    }
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        server: ServerConfig {
+            listen,
+            max_body_bytes: raw.server.max_body_bytes,
+            header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms),
+            tls,
+        },
+        log: LogConfig {
+            format: raw.log.format,
+            level,
+        },
+        upstreams,
+        routes,
+        deny,
+    })
+}
+
+fn check_pattern(p: &str) -> Result<(), String> {
+    match p.find('*') {
+        _ if p.is_empty() => Err("must not be empty".into()),
+        Some(i) if i + 1 != p.len() => Err(format!(
+            "\"{p}\": `*` is only allowed at the end (a prefix pattern)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn parse_base_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("\"{s}\" is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("\"{s}\" must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("\"{s}\" has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("\"{s}\" must not have a query string"));
+    }
+    Ok(uri)
+}
+
+fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+fn load_tls(t: RawTls, base_dir: &Path) -> Result<TlsConfig, Invalid> {
+    let read = |key: &str, p: &Path| -> Result<Vec<u8>, Invalid> {
+        let p = resolve(base_dir, p);
+        std::fs::read(&p).map_err(|e| (key.to_string(), format!("cannot read {}: {e}", p.display())))
+    };
+    let certs = |key: &str, p: &Path| -> Result<Vec<CertificateDer<'static>>, Invalid> {
+        let pem = read(key, p)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                (
+                    key.to_string(),
+                    format!("{}: not a PEM certificate file: {e}", p.display()),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err((
+                key.to_string(),
+                format!("{}: contains no certificate", p.display()),
+            ));
+        }
+        Ok(certs)
+    };
+    let cert_chain = certs("server.tls.cert", &t.cert)?;
+    let key_pem = read("server.tls.key", &t.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            "server.tls.key".to_string(),
+            format!("{}: no usable private key: {e}", t.key.display()),
+        )
+    })?;
+    let client_ca = match (&t.client_ca, t.client_auth) {
+        (Some(p), _) => certs("server.tls.client_ca", p)?,
+        (None, ClientAuth::Off) => Vec::new(),
+        (None, _) => {
+            return Err((
+                "server.tls.client_ca".to_string(),
+                "required when client_auth is \"optional\" or \"required\"".to_string(),
+            ));
+        }
+    };
+    Ok(TlsConfig {
+        cert_chain,
+        key,
+        client_ca,
+        client_auth: t.client_auth,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interpolation.
+
+fn interpolate_value(
+    v: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), Invalid> {
+    match v {
+        toml::Value::String(s) if s.contains('$') => {
+            *s = interpolate(s, env).map_err(|m| (path.clone(), m))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate_value(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                interpolate_value(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `$$` in `s`.
+pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed \"${{\" in \"{s}\""))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("\"${{{expr}}}\" is not a valid variable reference"));
+            }
+            match (env(name), default) {
+                (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (use ${{{name}:-default}} for an optional one)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "HOST" => Some("127.0.0.1".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_with_env(Path::new("test.toml"), text, &env)
+    }
+
+    #[test]
+    fn interpolation_rules() {
+        assert_eq!(interpolate("${HOST}:80", &env).unwrap(), "127.0.0.1:80");
+        assert_eq!(interpolate("${NOPE:-x}", &env).unwrap(), "x");
+        assert_eq!(interpolate("${EMPTY:-d}", &env).unwrap(), "d");
+        assert_eq!(interpolate("${EMPTY}", &env).unwrap(), "");
+        assert_eq!(interpolate("a$$b $x", &env).unwrap(), "a$b $x");
+        assert!(
+            interpolate("${NOPE}", &env)
+                .unwrap_err()
+                .contains("NOPE is not set")
+        );
+        assert!(interpolate("${HOST", &env).is_err());
+        assert!(interpolate("${A-B}", &env).is_err());
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "${HOST}:0"
+        [upstreams.oa]
+        kind = "openai"
+        base_url = "http://127.0.0.1:9/v1"
+        api_key = "${NOPE:-}"
+        [upstreams.m]
+        kind = "mock"
+        [[routes]]
+        model = "gpt-*"
+        upstream = "oa"
+        [[routes]]
+        model = "demo"
+        upstream = "m"
+        aliases = ["d2"]
+    "#;
+
+    #[test]
+    fn good_config_validates() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.upstreams.len(), 2);
+        let oa = c.upstreams.iter().find(|u| u.name == "oa").unwrap();
+        assert!(oa.api_key.is_none(), "an empty key means no credential");
+        assert_eq!(c.routes[1].aliases, vec!["d2".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let e = load(&GOOD.replace("listen =", "lisen = \"x\"\nlisten ="))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("test.toml: server.lisen: unknown field `lisen`"),
+            "{e}"
+        );
+
+        let e = load(&GOOD.replace("kind = \"openai\"", "kind = \"opnai\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams.oa.kind") && e.contains("unknown variant"),
+            "{e}"
+        );
+
+        let e = load(&GOOD.replace("[server]", "[server]\nmax_body_bytes = \"big\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_body_bytes") && e.contains("invalid type"),
+            "{e}"
+        );
+
+        let e = load(&GOOD.replace("${NOPE:-}", "${NOPE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams.oa.api_key") && e.contains("NOPE is not set"),
+            "{e}"
+        );
+
+        let e = load(&GOOD.replace("upstream = \"m\"", "upstream = \"zz\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[1].upstream") && e.contains("zz"), "{e}");
+
+        let e = load(&GOOD.replace("[[routes]]\nmodel = \"demo\"", "x")).err();
+        assert!(e.is_none() || !e.unwrap().to_string().is_empty());
+
+        let e = load(&format!(
+            "{GOOD}\n[server.tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"k.pem\"\n"
+        ));
+        // `[server.tls]` after other tables is still the server table's tls key.
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("server.tls.cert") && e.contains("/nonexistent/c.pem"),
+            "{e}"
+        );
+
+        let e = load("not toml [").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml: not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn patterns_and_duplicates() {
+        let e = load(&GOOD.replace("gpt-*", "g*pt")).unwrap_err().to_string();
+        assert!(e.contains("routes[0].model"), "{e}");
+        let e = load(&GOOD.replace("[\"d2\"]", "[\"demo\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routed twice"), "{e}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret("sk-very-secret".into());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,95 @@
+//! The gate pipeline: every call passes these gates, in this order, before Execute.
+//!
+//! A gate is a value implementing [`Gate`]. It reads the parsed [`Call`] and either lets it on
+//! or denies it with a [`Denial`], which the proxy renders in the client's own dialect and logs
+//! like any other outcome. Adding a gate is one new module here plus one line in
+//! [`Pipeline::from_config`].
+//!
+//! Gates run on the request path, so they decide from in-memory state: no I/O, no locks held
+//! across awaits. Work that needs I/O (the audit log's sync) overlaps the upstream call instead.
+
+mod deny;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use http::{HeaderMap, StatusCode};
+use lattice_providers::CallView;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::Config;
+use crate::router::RouteTarget;
+
+/// What the connection tells about the caller (filled once per connection).
+#[derive(Debug, Default)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    pub tls: bool,
+    /// The verified client certificate chain (mTLS), leaf first.
+    pub peer_certs: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// One call as the gates see it.
+pub struct Call<'a> {
+    pub view: &'a CallView<'a>,
+    pub headers: &'a HeaderMap,
+    pub conn: &'a ConnInfo,
+    pub request_id: &'a str,
+    /// The route the model resolves to, if any. Resolved before the gates because policy reads
+    /// the provider; an unknown model is reported only after the gates pass, so a caller who
+    /// may not call at all cannot probe which models exist.
+    pub route: Option<&'a RouteTarget>,
+}
+
+/// A gate's refusal. Rendered in the client's dialect by the proxy; `message` must not contain
+/// a credential or another principal's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The denying gate's [`Gate::name`].
+    pub gate: &'static str,
+    /// Machine-readable reason (OpenAI's `code`).
+    pub code: &'static str,
+    pub status: StatusCode,
+    pub message: Cow<'static, str>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+pub trait Gate: Send + Sync + 'static {
+    /// A static name used in logs, metrics, traces and audit records.
+    fn name(&self) -> &'static str;
+
+    /// The request-side check.
+    fn check(&self, call: &Call<'_>) -> Result<(), Denial>;
+}
+
+/// THE ordered list of gates.
+pub struct Pipeline {
+    gates: Vec<Box<dyn Gate>>,
+}
+
+impl Pipeline {
+    pub fn from_config(config: &Config) -> Pipeline {
+        let mut gates: Vec<Box<dyn Gate>> = Vec::new();
+        // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
+        // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
+        // Constraints: the static deny list is the first; budgets, rate limits, PII, tool gate
+        // and model lock follow it. A static rule needs no principal, so it is cheap to keep here.
+        if let Some(g) = deny::DenyList::from_config(&config.deny) {
+            gates.push(Box::new(g));
+        }
+        Pipeline { gates }
+    }
+
+    /// Runs the request-side checks in order; the first denial wins.
+    pub fn check(&self, call: &Call<'_>) -> Result<(), Denial> {
+        for g in &self.gates {
+            g.check(call)?;
+        }
+        Ok(())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.gates.iter().map(|g| g.name())
+    }
+}

@@ -1,0 +1,150 @@
+//! The `lattice` command line.
+#![allow(clippy::print_stdout)] // the CLI's output is its interface
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use lattice_gateway::{Config, Server, certs, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "lattice",
+    version,
+    about = "Lattice: the governance gateway for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit (0 when valid).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Development certificates for TLS and mTLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA, a server certificate (localhost, 127.0.0.1, ::1) and a client
+    /// certificate named "client".
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace an existing CA in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue another client certificate from the CA in DIR.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Certs { command } => {
+            let written = match command {
+                CertsCommand::Init { dir, force } => certs::init(&dir, force),
+                CertsCommand::Client { dir, name } => certs::client(&dir, &name),
+            };
+            match written {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("lattice: {e}");
+    ExitCode::from(2)
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let _log_guard = telemetry::init(&config.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async {
+        let server = match Server::bind(&config).await {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        tracing::info!(
+            addr = %server.local_addr(),
+            tls = server.scheme() == "https",
+            gates = ?server.gate_names(),
+            routes = config.routes.len(),
+            "lattice listening"
+        );
+        // The one line scripts wait for.
+        println!(
+            "lattice listening on {}://{}",
+            server.scheme(),
+            server.local_addr()
+        );
+        server.run(shutdown_signal(), Duration::from_secs(10)).await;
+        tracing::info!("lattice stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,691 @@
+//! The per-request path: surface -> body -> view -> gates -> route -> execute -> response.
+//!
+//! The body is read once (bounded), parsed once into a [`CallView`], and sent upstream as the
+//! same bytes unless a route renames the model (then only that value is spliced). Every exit
+//! carries an [`AccessLog`] that is written when the response body ends or is dropped.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use lattice_providers::dialect::error_body;
+use lattice_providers::{CallView, Dialect, Surface, ViewError, mock, view};
+
+use crate::body::{AccessLog, Outcome, ResponseBody};
+use crate::config::{Config, ProviderKind};
+use crate::gates::{Call, ConnInfo, Denial, Pipeline};
+use crate::router::Router;
+use crate::upstream::{HttpTarget, Target, Upstream, UpstreamSetupError};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const DEFAULT_ANTHROPIC_VERSION: HeaderValue = HeaderValue::from_static("2023-06-01");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Everything the request path reads; built once from the config.
+pub struct State {
+    router: Router,
+    pipeline: Pipeline,
+    max_body: u64,
+    models_openai: Bytes,
+    models_anthropic: Bytes,
+}
+
+impl State {
+    pub fn new(config: &Config) -> Result<State, UpstreamSetupError> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let router = Router::new(config, &upstreams);
+        let (models_openai, models_anthropic) = model_lists(&router);
+        Ok(State {
+            router,
+            pipeline: Pipeline::from_config(config),
+            max_body: config.server.max_body_bytes,
+            models_openai,
+            models_anthropic,
+        })
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+}
+
+/// Why a call was answered by the gateway itself. One place maps each to status and message.
+#[derive(Debug)]
+enum Rejection {
+    NotFound,
+    MethodNotAllowed(&'static str),
+    BodyTooLarge(u64),
+    BodyRead,
+    BadRequest(ViewError),
+    UnknownModel(String),
+    DialectMismatch { model: String, upstream: Arc<str> },
+    Denied(Denial),
+    UpstreamConnect(Arc<str>),
+    UpstreamTimeout(Arc<str>),
+    UpstreamFailed(Arc<str>),
+    Internal,
+}
+
+impl Rejection {
+    fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NotFound | Rejection::UnknownModel(_) => StatusCode::NOT_FOUND,
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyRead | Rejection::BadRequest(_) | Rejection::DialectMismatch { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::Denied(d) => d.status,
+            Rejection::UpstreamConnect(_) | Rejection::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Rejection::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed(_) => "method_not_allowed",
+            Rejection::BodyTooLarge(_) => "request_too_large",
+            Rejection::BodyRead => "body_read_failed",
+            Rejection::BadRequest(ViewError::Malformed(_)) => "invalid_json",
+            Rejection::BadRequest(_) => "invalid_model",
+            Rejection::UnknownModel(_) => "model_not_found",
+            Rejection::DialectMismatch { .. } => "dialect_not_supported",
+            Rejection::Denied(d) => d.code,
+            Rejection::UpstreamConnect(_) => "upstream_unreachable",
+            Rejection::UpstreamTimeout(_) => "upstream_timeout",
+            Rejection::UpstreamFailed(_) => "upstream_error",
+            Rejection::Internal => "internal_error",
+        }
+    }
+
+    /// Where the failure came from, for the access record: the gate's name for a denial.
+    fn origin(&self) -> &'static str {
+        match self {
+            Rejection::Denied(d) => d.gate,
+            Rejection::UpstreamConnect(_) | Rejection::UpstreamTimeout(_) | Rejection::UpstreamFailed(_) => {
+                "upstream"
+            }
+            Rejection::Internal => "internal",
+            _ => "downstream",
+        }
+    }
+
+    fn message(&self) -> Cow<'_, str> {
+        match self {
+            Rejection::NotFound => "no such API route on this gateway".into(),
+            Rejection::MethodNotAllowed(allow) => format!("method not allowed; use {allow}").into(),
+            Rejection::BodyTooLarge(limit) => {
+                format!("the request body is larger than this gateway's limit of {limit} bytes").into()
+            }
+            Rejection::BodyRead => "the request body could not be read".into(),
+            Rejection::BadRequest(e) => e.to_string().into(),
+            Rejection::UnknownModel(m) => format!("the model `{m}` does not exist on this gateway").into(),
+            Rejection::DialectMismatch { model, upstream } => format!(
+                "the model `{model}` is served by upstream `{upstream}` in another API dialect; \
+                 call it through that dialect's endpoint"
+            )
+            .into(),
+            Rejection::Denied(d) => Cow::Borrowed(&d.message),
+            Rejection::UpstreamConnect(u) => format!("upstream `{u}` could not be reached").into(),
+            Rejection::UpstreamTimeout(u) => format!("upstream `{u}` did not answer in time").into(),
+            Rejection::UpstreamFailed(u) => format!("upstream `{u}` failed before answering").into(),
+            Rejection::Internal => "internal gateway error".into(),
+        }
+    }
+}
+
+/// The dialect to answer in before the surface is known: Anthropic's SDKs always send
+/// `anthropic-version`; everything else is answered as OpenAI.
+fn guess_dialect(headers: &HeaderMap) -> Dialect {
+    if headers.contains_key(&ANTHROPIC_VERSION) {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+enum Endpoint {
+    Health,
+    Ready,
+    Models,
+    Model,
+    Call(Surface),
+}
+
+fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
+    let (ep, allow) = match path {
+        "/v1/chat/completions" => (Endpoint::Call(Surface::ChatCompletions), "POST"),
+        "/v1/messages" => (Endpoint::Call(Surface::Messages), "POST"),
+        "/v1/embeddings" => (Endpoint::Call(Surface::Embeddings), "POST"),
+        "/v1/messages/count_tokens" => (Endpoint::Call(Surface::CountTokens), "POST"),
+        "/v1/models" => (Endpoint::Models, "GET"),
+        "/healthz" => (Endpoint::Health, "GET"),
+        "/readyz" => (Endpoint::Ready, "GET"),
+        p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),
+        _ => return Err(Rejection::NotFound),
+    };
+    let ok = match allow {
+        "POST" => method == Method::POST,
+        _ => method == Method::GET || method == Method::HEAD,
+    };
+    if ok {
+        Ok(ep)
+    } else {
+        Err(Rejection::MethodNotAllowed(allow))
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Serves one request. Never fails: every problem becomes a response in the client's dialect.
+pub async fn handle(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let rid = request_id(&parts.headers);
+    let mut log = Box::new(AccessLog {
+        start,
+        request_id: rid.clone(),
+        method: parts.method.clone(),
+        path: parts.uri.clone(),
+        status: 0,
+        model: None,
+        upstream: None,
+        reason: None,
+        bytes: 0,
+        outcome: Outcome::Complete,
+    });
+    let dialect = guess_dialect(&parts.headers);
+    let surface = match endpoint(&parts.method, parts.uri.path()) {
+        Ok(Endpoint::Call(s)) => s,
+        Ok(Endpoint::Health) => {
+            return plain(
+                StatusCode::OK,
+                "text/plain",
+                Bytes::from_static(b"ok\n"),
+                rid,
+                log,
+            );
+        }
+        Ok(Endpoint::Ready) => {
+            return plain(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from_static(b"{\"status\":\"ready\"}"),
+                rid,
+                log,
+            );
+        }
+        Ok(Endpoint::Models) => {
+            let list = match dialect {
+                Dialect::Anthropic => state.models_anthropic.clone(),
+                Dialect::OpenAi => state.models_openai.clone(),
+            };
+            return plain(StatusCode::OK, "application/json", list, rid, log);
+        }
+        Ok(Endpoint::Model) => return model_object(&state, parts.uri.path(), dialect, rid, log),
+        Err(rej) => return reject(rej, dialect, rid, log),
+    };
+    let dialect = surface.dialect();
+
+    let bytes = match read_body(&parts.headers, body, state.max_body).await {
+        Ok(b) => b,
+        Err(rej) => return reject(rej, dialect, rid, log),
+    };
+    let view = match view::parse(surface, &bytes) {
+        Ok(v) => v,
+        Err(e) => return reject(Rejection::BadRequest(e), dialect, rid, log),
+    };
+    log.model = Some(view.model.as_ref().into());
+    let route = state.router.resolve(&view.model);
+    let call = Call {
+        view: &view,
+        headers: &parts.headers,
+        conn: &conn,
+        request_id: rid.to_str().unwrap_or("-"),
+        route: route.map(|r| &**r),
+    };
+    if let Err(d) = state.pipeline.check(&call) {
+        return reject(Rejection::Denied(d), dialect, rid, log);
+    }
+    let Some(route) = route else {
+        return reject(
+            Rejection::UnknownModel(view.model.into_owned()),
+            dialect,
+            rid,
+            log,
+        );
+    };
+    let upstream = &route.upstream;
+    log.upstream = Some(upstream.name.clone());
+    if !upstream.speaks(dialect) {
+        let rej = Rejection::DialectMismatch {
+            model: view.model.into_owned(),
+            upstream: upstream.name.clone(),
+        };
+        return reject(rej, dialect, rid, log);
+    }
+
+    match &upstream.target {
+        Target::Mock(opts) => {
+            let view = match route.upstream_model.as_deref() {
+                Some(m) => CallView {
+                    model: Cow::Borrowed(m),
+                    ..view.clone()
+                },
+                None => view.clone(),
+            };
+            let reply = mock::respond(&view, &bytes, opts);
+            log.status = reply.status.as_u16();
+            let mut resp = Response::new(ResponseBody::mock(reply.body).with_log(log));
+            *resp.status_mut() = reply.status;
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+            h.insert(X_REQUEST_ID, rid);
+            resp
+        }
+        Target::Http(t) => {
+            let body = match route.upstream_model.as_deref() {
+                Some(m) if m != view.model => splice_model(&bytes, view.model_span.clone(), m),
+                _ => bytes.clone(),
+            };
+            let query = parts.uri.query();
+            forward(
+                t,
+                upstream,
+                surface,
+                query,
+                parts.headers,
+                body,
+                rid,
+                dialect,
+                log,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    t: &HttpTarget,
+    upstream: &Upstream,
+    surface: Surface,
+    query: Option<&str>,
+    mut headers: HeaderMap,
+    body: Bytes,
+    rid: HeaderValue,
+    dialect: Dialect,
+    mut log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let Ok(pq) = t.path_and_query(surface, query) else {
+        return reject(
+            Rejection::BadRequest(ViewError::Malformed("bad query string".into())),
+            dialect,
+            rid,
+            log,
+        );
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(t.scheme.clone());
+    uri.authority = Some(t.authority.clone());
+    uri.path_and_query = Some(pq);
+    let Ok(uri) = Uri::from_parts(uri) else {
+        return reject(Rejection::Internal, dialect, rid, log);
+    };
+
+    strip_request_headers(&mut headers);
+    headers.insert(header::HOST, t.host.clone());
+    if let Some((name, value)) = &t.auth {
+        headers.insert(name.clone(), value.clone());
+    }
+    if upstream.kind == ProviderKind::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
+        headers.insert(ANTHROPIC_VERSION, DEFAULT_ANTHROPIC_VERSION);
+    }
+    headers.insert(X_REQUEST_ID, rid.clone());
+
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+
+    let resp = match tokio::time::timeout(t.timeout, t.client.request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            let name = upstream.name.clone();
+            let rej = if e.is_connect() {
+                if is_timeout(&e) {
+                    Rejection::UpstreamTimeout(name)
+                } else {
+                    Rejection::UpstreamConnect(name)
+                }
+            } else {
+                Rejection::UpstreamFailed(name)
+            };
+            tracing::warn!(target: "lattice::upstream", upstream = %upstream.name, error = %ErrorChain(&e), "upstream request failed");
+            return reject(rej, dialect, rid, log);
+        }
+        Err(_) => {
+            return reject(
+                Rejection::UpstreamTimeout(upstream.name.clone()),
+                dialect,
+                rid,
+                log,
+            );
+        }
+    };
+    let (mut rp, body) = resp.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    rp.headers.insert(X_REQUEST_ID, rid);
+    let streamed = !rp.headers.contains_key(header::CONTENT_LENGTH);
+    log.status = rp.status.as_u16();
+    Response::from_parts(rp, ResponseBody::upstream(body, streamed).with_log(log))
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Displays an error with its sources; hyper's errors carry no headers, so no credential.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9110 7.6.1 connection-specific headers, plus the ones a proxy re-frames.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Client credentials for the gateway itself: never forwarded upstream.
+const CLIENT_CREDENTIALS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+fn strip_request_headers(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    for n in CLIENT_CREDENTIALS.iter() {
+        h.remove(n);
+    }
+    h.remove(header::HOST);
+    h.remove(header::CONTENT_LENGTH);
+}
+
+/// Reads the whole body, refusing more than `limit` bytes. A declared length over the limit is
+/// refused before reading; the rest of an oversized body is drained in the background (bounded)
+/// so the client reads the 413 instead of a reset connection.
+async fn read_body(headers: &HeaderMap, mut body: Incoming, limit: u64) -> Result<Bytes, Rejection> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        drain(body);
+        return Err(Rejection::BodyTooLarge(limit));
+    }
+    // Most bodies arrive as one frame: keep it without copying.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Rejection::BodyRead);
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len() as u64;
+        if total > limit {
+            drain(body);
+            return Err(Rejection::BodyTooLarge(limit));
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            prev => {
+                if let Some(p) = prev {
+                    buf.reserve(declared.map_or(0, |n| n as usize).max(p.len() + data.len()));
+                    buf.extend_from_slice(&p);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Reads and discards what is left of a refused body, for at most 64 MiB or 10 s.
+fn drain(mut body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut left: u64 = 64 * 1024 * 1024;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(Ok(f)) = body.frame().await {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(n) {
+                    Some(l) => left = l,
+                    None => break,
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// Replaces the `model` value at `span` (quotes included) with `model`, leaving every other byte.
+fn splice_model(body: &Bytes, span: std::ops::Range<usize>, model: &str) -> Bytes {
+    let quoted = serde_json::Value::String(model.to_string()).to_string();
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + quoted.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[span.end..]);
+    out.freeze()
+}
+
+fn plain(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    rid: HeaderValue,
+    mut log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    log.status = status.as_u16();
+    let mut resp = Response::new(ResponseBody::full(body).with_log(log));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    resp
+}
+
+/// Renders a rejection in `dialect`.
+fn reject(
+    rej: Rejection,
+    dialect: Dialect,
+    rid: HeaderValue,
+    mut log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let status = rej.status();
+    log.reason = Some(rej.origin());
+    log.status = status.as_u16();
+    let body = error_body(dialect, status, rej.code(), &rej.message());
+    let mut resp = Response::new(ResponseBody::full(body).with_log(log));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, JSON);
+    h.insert(X_REQUEST_ID, rid);
+    match &rej {
+        Rejection::Denied(Denial {
+            retry_after: Some(s), ..
+        }) => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
+        }
+        Rejection::MethodNotAllowed(allow) => {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn model_object(
+    state: &State,
+    path: &str,
+    dialect: Dialect,
+    rid: HeaderValue,
+    log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let id = path.trim_start_matches("/v1/models/");
+    match state.router.listed().find(|(n, _)| *n == id) {
+        Some((name, target)) => {
+            let obj = match dialect {
+                Dialect::OpenAi => openai_model(name, &target.upstream.name),
+                Dialect::Anthropic => anthropic_model(name),
+            };
+            plain(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(obj.to_string()),
+                rid,
+                log,
+            )
+        }
+        None => reject(Rejection::UnknownModel(id.to_string()), dialect, rid, log),
+    }
+}
+
+fn openai_model(name: &str, owner: &str) -> serde_json::Value {
+    serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": owner})
+}
+
+fn anthropic_model(name: &str) -> serde_json::Value {
+    serde_json::json!({"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"})
+}
+
+/// `GET /v1/models` in both dialects, built once.
+fn model_lists(router: &Router) -> (Bytes, Bytes) {
+    let openai: Vec<_> = router
+        .listed()
+        .map(|(n, t)| openai_model(n, &t.upstream.name))
+        .collect();
+    let anthropic: Vec<_> = router.listed().map(|(n, _)| anthropic_model(n)).collect();
+    let first = router.listed().next().map(|(n, _)| n);
+    let last = router.listed().last().map(|(n, _)| n);
+    let o = serde_json::json!({"object": "list", "data": openai});
+    let a = serde_json::json!({"data": anthropic, "has_more": false, "first_id": first, "last_id": last});
+    (Bytes::from(o.to_string()), Bytes::from(a.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_changes_only_the_model_value() {
+        let body = Bytes::from_static(br#"{"a":1,"model":"alias","b":"model"}"#);
+        let v = view::parse(Surface::ChatCompletions, &body).unwrap();
+        let out = splice_model(&body, v.model_span.clone(), "real\"name");
+        assert_eq!(&out[..], br#"{"a":1,"model":"real\"name","b":"model"}"#);
+    }
+
+    #[test]
+    fn request_headers_lose_credentials_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer client"),
+            ("x-api-key", "client"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("te", "trailers"),
+            ("anthropic-beta", "tools-2024"),
+            ("openai-organization", "org"),
+            ("host", "gw"),
+            ("content-length", "3"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_request_headers(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["anthropic-beta", "openai-organization"]);
+    }
+
+    #[test]
+    fn request_ids_are_propagated_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h).len(), 36);
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,13 @@
+//! Provider dialects and the canonical call view.
+//!
+//! Owns: the API surfaces the gateway serves ([`Surface`]), the wire dialects they belong to
+//! ([`Dialect`]), the small canonical view a gate reads from a call ([`view::CallView`]), error
+//! bodies in each dialect ([`dialect`]), and the built-in deterministic `mock` provider ([`mock`]).
+//! Must not touch: sockets, TLS, configuration files or policy; the gateway owns those.
+
+pub mod dialect;
+pub mod mock;
+pub mod view;
+
+pub use dialect::Dialect;
+pub use view::{CallView, Surface, ViewError};

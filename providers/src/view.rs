@@ -1,0 +1,202 @@
+//! The canonical call view: what gates and routing read from a request body, parsed once.
+//!
+//! Only the few fields a decision needs are read; everything else in the body is skipped by
+//! the parser without being materialised, and the raw body is kept by the caller so it can pass
+//! upstream unchanged. The `model` value's byte span is recorded so a route that renames the
+//! model can splice the new name in without re-serialising the body.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::Dialect;
+
+/// An API surface the gateway serves (a method + path pair with a body to parse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Surface {
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `POST /v1/embeddings`.
+    Embeddings,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens`.
+    CountTokens,
+}
+
+impl Surface {
+    /// The dialect a client of this surface speaks.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Surface::ChatCompletions | Surface::Embeddings => Dialect::OpenAi,
+            Surface::Messages | Surface::CountTokens => Dialect::Anthropic,
+        }
+    }
+
+    /// A stable name for logs, metrics and policy input.
+    pub fn name(self) -> &'static str {
+        match self {
+            Surface::ChatCompletions => "chat.completions",
+            Surface::Embeddings => "embeddings",
+            Surface::Messages => "messages",
+            Surface::CountTokens => "messages.count_tokens",
+        }
+    }
+
+    /// The path of this surface below the dialect's base URL (OpenAI bases end in `/v1`,
+    /// Anthropic bases do not, as in the official SDKs' `*_BASE_URL`).
+    pub fn upstream_suffix(self) -> &'static str {
+        match self {
+            Surface::ChatCompletions => "/chat/completions",
+            Surface::Embeddings => "/embeddings",
+            Surface::Messages => "/v1/messages",
+            Surface::CountTokens => "/v1/messages/count_tokens",
+        }
+    }
+}
+
+/// What a gate may read of a call without touching the raw body again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallView<'a> {
+    pub surface: Surface,
+    /// The requested model name, unescaped.
+    pub model: Cow<'a, str>,
+    /// Byte range of the `model` JSON value (quotes included) in the body.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    /// OpenAI `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// `max_tokens` (or OpenAI's `max_completion_tokens`), when given.
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewError {
+    /// Not JSON, not an object, or a known field of the wrong type.
+    Malformed(String),
+    /// No `model` field.
+    MissingModel,
+    /// `model` is not a non-empty string.
+    BadModel,
+}
+
+impl std::fmt::Display for ViewError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ViewError::Malformed(e) => write!(f, "the request body is not valid JSON for this API: {e}"),
+            ViewError::MissingModel => f.write_str("the request body has no \"model\" field"),
+            ViewError::BadModel => f.write_str("\"model\" must be a non-empty string"),
+        }
+    }
+}
+
+impl std::error::Error for ViewError {}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Parses the view of a call to `surface` from its raw body.
+pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
+    let raw: Raw<'_> = serde_json::from_slice(body).map_err(|e| ViewError::Malformed(e.to_string()))?;
+    let model_raw = raw.model.ok_or(ViewError::MissingModel)?;
+    let text = model_raw.get();
+    let model: Cow<'_, str> = match serde_json::from_str::<&str>(text) {
+        Ok(s) => Cow::Borrowed(s),
+        // A string with escapes cannot be borrowed; anything else is not a string at all.
+        Err(_) => Cow::Owned(serde_json::from_str::<String>(text).map_err(|_| ViewError::BadModel)?),
+    };
+    if model.is_empty() {
+        return Err(ViewError::BadModel);
+    }
+    // `text` borrows from `body`, so its address lies inside the body's allocation.
+    let start = (text.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    Ok(CallView {
+        surface,
+        model,
+        model_span: start..start + text.len(),
+        stream: raw.stream.unwrap_or(false),
+        include_usage: raw.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        max_tokens: raw.max_tokens.or(raw.max_completion_tokens),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_fields_and_the_model_span() {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o", "stream":true,
+            "stream_options":{"include_usage":true},"max_tokens":7}"#;
+        let v = parse(Surface::ChatCompletions, body).expect("valid");
+        assert_eq!(v.model, "gpt-4o");
+        assert!(matches!(v.model, Cow::Borrowed(_)));
+        assert_eq!(&body[v.model_span.clone()], br#""gpt-4o""#);
+        assert!(v.stream && v.include_usage);
+        assert_eq!(v.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn escaped_model_is_unescaped() {
+        let body = br#"{"model":"a\u002fb"}"#;
+        let v = parse(Surface::Messages, body).expect("valid");
+        assert_eq!(v.model, "a/b");
+        assert_eq!(&body[v.model_span.clone()], br#""a\u002fb""#);
+        assert!(!v.stream);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(
+            parse(Surface::Messages, b"{not json"),
+            Err(ViewError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(Surface::Messages, b"[1,2]"),
+            Err(ViewError::Malformed(_))
+        ));
+        assert_eq!(parse(Surface::Messages, b"{}"), Err(ViewError::MissingModel));
+        assert_eq!(
+            parse(Surface::Messages, br#"{"model":3}"#),
+            Err(ViewError::BadModel)
+        );
+        assert_eq!(
+            parse(Surface::Messages, br#"{"model":""}"#),
+            Err(ViewError::BadModel)
+        );
+        assert!(matches!(
+            parse(Surface::ChatCompletions, br#"{"model":"m","stream":"yes"}"#),
+            Err(ViewError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn null_stream_is_false() {
+        let v = parse(
+            Surface::ChatCompletions,
+            br#"{"model":"m","stream":null,"max_completion_tokens":3}"#,
+        )
+        .expect("valid");
+        assert!(!v.stream);
+        assert_eq!(v.max_tokens, Some(3));
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every test of the project, from a clean checkout: the README's test command, and what CI runs.
+#   1. format and lint checks   2. Rust unit + whole-gateway integration tests (nextest)
+#   3. official-SDK compatibility tests (Python openai/anthropic, Node openai/@anthropic-ai/sdk),
+#      installed by tests/sdk/setup.sh from PyPI and npm into tests/.venv and node_modules.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+if [ -f tests/sdk/run.sh ]; then
+  step "official SDK tests"
+  cargo build --locked -p lattice-gateway --bin lattice
+  LATTICE_BIN="$PWD/target/debug/lattice" bash tests/sdk/run.sh
+fi
