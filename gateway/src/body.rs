@@ -142,22 +142,30 @@ pub struct AccessLog {
     pub outcome: Outcome,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: "lattice::access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            method = %self.method,
-            path = self.path.path(),
-            status = self.status,
-            model = self.model.as_deref().unwrap_or("-"),
-            upstream = self.upstream.as_deref().unwrap_or("-"),
-            reason = self.reason.unwrap_or("-"),
-            latency_ms = format_args!("{latency_ms:.3}"),
-            bytes = self.bytes,
-            outcome = ?self.outcome,
-        );
+        crate::telemetry::access(&crate::telemetry::AccessRecord {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: self.path.path(),
+            status: self.status,
+            model: self.model.as_deref().unwrap_or("-"),
+            upstream: self.upstream.as_deref().unwrap_or("-"),
+            reason: self.reason.unwrap_or("-"),
+            latency_ms: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            bytes: self.bytes,
+            outcome: self.outcome.as_str(),
+        });
     }
 }
 

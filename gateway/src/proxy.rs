@@ -344,13 +344,9 @@ async fn forward(
     dialect: Dialect,
     mut log: Box<AccessLog>,
 ) -> Response<ResponseBody> {
+    // The query came from a parsed request URI, so it always forms a valid path-and-query.
     let Ok(pq) = t.path_and_query(surface, query) else {
-        return reject(
-            Rejection::BadRequest(ViewError::Malformed("bad query string".into())),
-            dialect,
-            rid,
-            log,
-        );
+        return reject(Rejection::Internal, dialect, rid, log);
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(t.scheme.clone());
@@ -437,48 +433,57 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// RFC 9110 7.6.1 connection-specific headers, plus the ones a proxy re-frames.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
-
-/// Client credentials for the gateway itself: never forwarded upstream.
-const CLIENT_CREDENTIALS: [HeaderName; 4] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("api-key"),
-    HeaderName::from_static("x-goog-api-key"),
-];
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
-    }
-    h.remove(header::TRANSFER_ENCODING);
+/// RFC 9110 7.6.1 connection-specific headers, plus `transfer-encoding` (each leg frames its
+/// own body). `proxy-authorization` / `proxy-authenticate` are for this hop only too.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
-fn strip_request_headers(h: &mut HeaderMap) {
-    strip_hop_by_hop(h);
-    for n in CLIENT_CREDENTIALS.iter() {
+/// The client's credentials for the gateway itself: never forwarded upstream.
+fn is_client_credential(name: &str) -> bool {
+    matches!(name, "authorization" | "x-api-key" | "api-key" | "x-goog-api-key")
+}
+
+/// Removes the headers `doomed` selects and any named in `Connection`. One pass over the keys
+/// with a string match (header names are lower-case): most requests carry few of them, and a
+/// miss costs a comparison, not a hashed lookup.
+fn strip(h: &mut HeaderMap, doomed: fn(&str) -> bool) {
+    let mut found: Vec<HeaderName> = h.keys().filter(|k| doomed(k.as_str())).cloned().collect();
+    if found.contains(&header::CONNECTION) {
+        found.extend(
+            h.get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+        );
+    }
+    for n in &found {
         h.remove(n);
     }
-    h.remove(header::HOST);
-    h.remove(header::CONTENT_LENGTH);
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    strip(h, is_hop_by_hop);
+}
+
+/// What a request loses before it goes upstream: hop-by-hop headers, the client's own
+/// credentials, and `host` / `content-length`, which the upstream leg sets itself.
+fn strip_request_headers(h: &mut HeaderMap) {
+    strip(h, |n| {
+        is_hop_by_hop(n) || is_client_credential(n) || n == "host" || n == "content-length"
+    });
 }
 
 /// Reads the whole body, refusing more than `limit` bytes. A declared length over the limit is
@@ -675,7 +680,8 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         strip_request_headers(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
         assert_eq!(left, vec!["anthropic-beta", "openai-organization"]);
     }
 

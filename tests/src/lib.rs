@@ -59,6 +59,8 @@ pub struct MockUpstream {
     pub cancelled_notify: Arc<Notify>,
     /// Events of streamed answers actually handed to the connection.
     pub events_sent: Arc<AtomicUsize>,
+    /// Set when a hanging answer was abandoned (its connection closed by the gateway).
+    pub hang_abandoned: Arc<AtomicBool>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -70,6 +72,7 @@ impl MockUpstream {
         let cancelled = Arc::new(AtomicBool::new(false));
         let cancelled_notify = Arc::new(Notify::new());
         let events_sent = Arc::new(AtomicUsize::new(0));
+        let hang_abandoned = Arc::new(AtomicBool::new(false));
         let (stop, mut stopped) = oneshot::channel::<()>();
         let shared = Arc::new(Shared {
             behavior,
@@ -77,6 +80,7 @@ impl MockUpstream {
             cancelled: cancelled.clone(),
             cancelled_notify: cancelled_notify.clone(),
             events_sent: events_sent.clone(),
+            hang_abandoned: hang_abandoned.clone(),
         });
         tokio::spawn(async move {
             loop {
@@ -102,6 +106,7 @@ impl MockUpstream {
             cancelled,
             cancelled_notify,
             events_sent,
+            hang_abandoned,
             _stop: stop,
         }
     }
@@ -121,6 +126,16 @@ struct Shared {
     cancelled: Arc<AtomicBool>,
     cancelled_notify: Arc<Notify>,
     events_sent: Arc<AtomicUsize>,
+    hang_abandoned: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped: hyper drops a request's handler when its connection closes.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 type MockBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
@@ -137,6 +152,7 @@ impl Shared {
             body: body.clone(),
         });
         if self.behavior.hang {
+            let _abandoned = SetOnDrop(self.hang_abandoned.clone());
             std::future::pending::<()>().await;
         }
         if let Some(status) = self.behavior.status {

@@ -306,6 +306,38 @@ async fn a_client_that_hangs_up_cancels_the_upstream_stream() {
     assert!(up.events_sent.load(Ordering::SeqCst) < 100_000);
 }
 
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_answer_cancels_the_upstream_request() {
+    let (up, gw) = setup_with(
+        Behavior {
+            hang: true,
+            ..Default::default()
+        },
+        "",
+        "",
+    )
+    .await;
+    let addr = gw.addr;
+    let client = tokio::spawn(async move { send_streaming(addr, chat(&[], CHAT)).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while up.recorded().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!up.hang_abandoned.load(Ordering::SeqCst));
+    client.abort(); // drops the client's connection while the gateway waits for the upstream
+    while !up.hang_abandoned.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream request outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ------------------------------------------------------------------------------ mock provider
 
 #[tokio::test]
