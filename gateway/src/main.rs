@@ -122,6 +122,7 @@ fn serve(path: PathBuf) -> ExitCode {
             server.local_addr()
         );
         server.run(shutdown_signal(), Duration::from_secs(10)).await;
+        telemetry::flush_access();
         tracing::info!("lattice stopped");
         ExitCode::SUCCESS
     })

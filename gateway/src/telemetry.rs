@@ -3,14 +3,17 @@
 //!
 //! The per-request access record is the hottest log line, so it has its own formatter: one
 //! pass into a reused buffer, no per-field visitor (tracing-subscriber's cost ~18k instructions
-//! a line here, this one ~2k). It honours the same filter (`lattice::access` at INFO) and goes
-//! through the same writer, so lines never interleave. Without [`init`] (a library user with
-//! their own subscriber) the record is a regular `tracing` event.
+//! a line here, this one ~2k). Lines are batched in memory and handed to the writer every
+//! [`FLUSH_EVERY`] or once [`FLUSH_BYTES`] are pending (Envoy's `access_log_flush_interval`):
+//! waking the writer thread for every line cost ~80 us of p50 at c=1 on 2 cores. It honours the
+//! same filter (`lattice::access` at INFO) and shares the writer, so lines never interleave
+//! mid-line; [`flush_access`] runs at shutdown. Without [`init`] (a library user with their own
+//! subscriber) the record is a regular `tracing` event.
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
@@ -19,9 +22,44 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// How long an access line may wait in memory before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Pending bytes that trigger an immediate write.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+
 struct AccessSink {
     writer: NonBlocking,
     json: bool,
+    /// Lines not yet written. Held only to append or swap a buffer (no I/O, no await).
+    pending: Mutex<Vec<u8>>,
+}
+
+impl AccessSink {
+    fn push(&self, line: &[u8]) {
+        let full = {
+            let Ok(mut p) = self.pending.lock() else { return };
+            p.extend_from_slice(line);
+            (p.len() >= FLUSH_BYTES).then(|| std::mem::take(&mut *p))
+        };
+        if let Some(batch) = full {
+            let _ = self.writer.make_writer().write_all(&batch);
+        }
+    }
+
+    fn flush(&self) {
+        let batch = match self.pending.lock() {
+            Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
+            _ => return,
+        };
+        let _ = self.writer.make_writer().write_all(&batch);
+    }
+}
+
+/// Writes the access lines still in memory (call before exit).
+pub fn flush_access() {
+    if let Some(sink) = ACCESS.get() {
+        sink.flush();
+    }
 }
 
 static ACCESS: OnceLock<AccessSink> = OnceLock::new();
@@ -42,10 +80,21 @@ pub fn init(cfg: &LogConfig) -> WorkerGuard {
             .try_init(),
     };
     if installed.is_ok() {
-        let _ = ACCESS.set(AccessSink {
+        let sink = AccessSink {
             writer,
             json: cfg.format == LogFormat::Json,
-        });
+            pending: Mutex::new(Vec::new()),
+        };
+        if ACCESS.set(sink).is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("lattice-access-log".into())
+                .spawn(|| {
+                    loop {
+                        std::thread::sleep(FLUSH_EVERY);
+                        flush_access();
+                    }
+                });
+        }
     }
     guard
 }
@@ -142,7 +191,7 @@ pub fn access(r: &AccessRecord<'_>) {
             );
         }
         buf.push(b'\n');
-        let _ = sink.writer.make_writer().write_all(buf);
+        sink.push(buf);
     });
 }
 

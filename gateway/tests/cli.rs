@@ -1026,3 +1026,33 @@ fn sigterm_with_an_idle_keepalive_connection_exits_zero_promptly() {
     );
     drop(conn);
 }
+
+#[test]
+fn shipped_mtls_config_works_as_the_readme_says() {
+    // `lattice certs init --dir certs` then `LATTICE_CERT_DIR=certs lattice serve --config deploy/mtls.toml`.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("certs");
+    certs_init(&d);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mtls.toml");
+    let dir = d.to_str().expect("utf-8");
+    let s = serve_with(
+        &shipped,
+        &[
+            ("LATTICE_CERT_DIR", Some(dir)),
+            ("LATTICE_LISTEN", Some("127.0.0.1:0")),
+            ("LATTICE_LOG_FORMAT", None),
+        ],
+    );
+    assert_eq!(s.scheme, "https", "{}", s.ready_line);
+    let ca = d.join("ca.pem");
+    let (cert, key) = (format!("{dir}/client.pem"), format!("{dir}/client.key"));
+    assert_ok_chat(
+        &tls_chat(s.port(), &ca, &["--cert", &cert, "--key", &key]),
+        "shipped mtls.toml",
+    );
+    assert_refused(
+        &tls_chat(s.port(), &ca, &[]),
+        "shipped mtls.toml without a client cert",
+    );
+    s.stop();
+}
