@@ -774,4 +774,14 @@ mod tests {
         let s = Secret("sk-very-secret".into());
         assert_eq!(format!("{s:?}"), "Secret(***)");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn interpolation_never_panics_and_plain_text_is_kept(s in "\\PC{0,64}") {
+            let out = interpolate(&s, &env);
+            if !s.contains('$') {
+                proptest::prop_assert_eq!(out.unwrap(), s);
+            }
+        }
+    }
 }

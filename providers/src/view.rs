@@ -199,4 +199,29 @@ mod tests {
         assert!(!v.stream);
         assert_eq!(v.max_tokens, Some(3));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_give_a_view_or_an_error(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(Surface::ChatCompletions, &body);
+        }
+
+        #[test]
+        fn the_span_always_holds_the_model(model in "\\PC{0,40}", pad in " {0,3}", max in proptest::option::of(0u64..100_000)) {
+            let quoted = serde_json::to_string(&model).unwrap();
+            let max_field = max.map(|m| format!(",{pad}\"max_tokens\":{pad}{m}")).unwrap_or_default();
+            let body = format!(
+                "{{\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}],{pad}\"model\"{pad}:{pad}{quoted}{pad}{max_field}}}"
+            );
+            match parse(Surface::Messages, body.as_bytes()) {
+                Ok(v) => {
+                    proptest::prop_assert_eq!(&v.model, &model);
+                    let raw: String = serde_json::from_slice(&body.as_bytes()[v.model_span.clone()]).unwrap();
+                    proptest::prop_assert_eq!(raw, model);
+                    proptest::prop_assert_eq!(v.max_tokens, max);
+                }
+                Err(e) => proptest::prop_assert!(model.is_empty() && e == ViewError::BadModel),
+            }
+        }
+    }
 }
