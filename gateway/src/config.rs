@@ -81,6 +81,8 @@ struct RawServer {
     max_body_bytes: u64,
     #[serde(default = "default_header_timeout")]
     header_read_timeout_ms: u64,
+    #[serde(default = "default_body_timeout")]
+    body_read_timeout_ms: u64,
     #[serde(default)]
     tls: Option<RawTls>,
 }
@@ -91,6 +93,10 @@ fn default_max_body() -> u64 {
 
 fn default_header_timeout() -> u64 {
     10_000
+}
+
+fn default_body_timeout() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +218,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
+    /// Deadline for the whole request body once the headers are in.
+    pub body_read_timeout: Duration,
     pub tls: Option<TlsConfig>,
 }
 
@@ -317,6 +325,12 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
     if raw.server.header_read_timeout_ms == 0 {
         return Err(bad(
             "server.header_read_timeout_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    if raw.server.body_read_timeout_ms == 0 {
+        return Err(bad(
+            "server.body_read_timeout_ms",
             "must be greater than 0".into(),
         ));
     }
@@ -469,6 +483,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             listen,
             max_body_bytes: raw.server.max_body_bytes,
             header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(raw.server.body_read_timeout_ms),
             tls,
         },
         log: LogConfig {

@@ -33,6 +33,7 @@ pub struct State {
     router: Router,
     pipeline: Pipeline,
     max_body: u64,
+    body_timeout: std::time::Duration,
     models_openai: Bytes,
     models_anthropic: Bytes,
 }
@@ -50,6 +51,7 @@ impl State {
             router,
             pipeline: Pipeline::from_config(config),
             max_body: config.server.max_body_bytes,
+            body_timeout: config.server.body_read_timeout,
             models_openai,
             models_anthropic,
         })
@@ -67,6 +69,7 @@ enum Rejection {
     MethodNotAllowed(&'static str),
     BodyTooLarge(u64),
     BodyRead,
+    BodyTimeout(std::time::Duration),
     BadRequest(ViewError),
     UnknownModel(String),
     DialectMismatch { model: String, upstream: Arc<str> },
@@ -82,6 +85,7 @@ impl Rejection {
         match self {
             Rejection::NotFound | Rejection::UnknownModel(_) => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyRead | Rejection::BadRequest(_) | Rejection::DialectMismatch { .. } => {
                 StatusCode::BAD_REQUEST
@@ -99,6 +103,7 @@ impl Rejection {
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::BodyTooLarge(_) => "request_too_large",
             Rejection::BodyRead => "body_read_failed",
+            Rejection::BodyTimeout(_) => "request_timeout",
             Rejection::BadRequest(ViewError::Malformed(_)) => "invalid_json",
             Rejection::BadRequest(_) => "invalid_model",
             Rejection::UnknownModel(_) => "model_not_found",
@@ -131,6 +136,9 @@ impl Rejection {
                 format!("the request body is larger than this gateway's limit of {limit} bytes").into()
             }
             Rejection::BodyRead => "the request body could not be read".into(),
+            Rejection::BodyTimeout(d) => {
+                format!("the request body did not arrive within {} ms", d.as_millis()).into()
+            }
             Rejection::BadRequest(e) => e.to_string().into(),
             Rejection::UnknownModel(m) => format!("the model `{m}` does not exist on this gateway").into(),
             Rejection::DialectMismatch { model, upstream } => format!(
@@ -254,9 +262,16 @@ pub async fn handle(
     };
     let dialect = surface.dialect();
 
-    let bytes = match read_body(&parts.headers, body, state.max_body).await {
-        Ok(b) => b,
-        Err(rej) => return reject(rej, dialect, rid, log),
+    // A body that trickles in is cut off (slow-body clients); one that has already arrived
+    // never arms the timer, as `timeout` polls the read first.
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        read_body(&parts.headers, body, state.max_body),
+    );
+    let bytes = match read.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(rej)) => return reject(rej, dialect, rid, log),
+        Err(_) => return reject(Rejection::BodyTimeout(state.body_timeout), dialect, rid, log),
     };
     let view = match view::parse(surface, &bytes) {
         Ok(v) => v,
@@ -294,14 +309,18 @@ pub async fn handle(
 
     match &upstream.target {
         Target::Mock(opts) => {
+            let renamed;
             let view = match route.upstream_model.as_deref() {
-                Some(m) => CallView {
-                    model: Cow::Borrowed(m),
-                    ..view.clone()
-                },
-                None => view.clone(),
+                Some(m) => {
+                    renamed = CallView {
+                        model: Cow::Borrowed(m),
+                        ..view.clone()
+                    };
+                    &renamed
+                }
+                None => &view,
             };
-            let reply = mock::respond(&view, &bytes, opts);
+            let reply = mock::respond(view, &bytes, opts);
             log.status = reply.status.as_u16();
             let mut resp = Response::new(ResponseBody::mock(reply.body).with_log(log));
             *resp.status_mut() = reply.status;

@@ -27,7 +27,7 @@ impl Dialect {
 /// The error `type` an OpenAI client expects for a status.
 fn openai_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 404 | 413 | 422 => "invalid_request_error",
+        400 | 404 | 408 | 413 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         429 => "rate_limit_exceeded",
@@ -40,7 +40,7 @@ fn openai_type(status: StatusCode) -> &'static str {
 /// (see Anthropic's "Errors" reference: one type per status).
 fn anthropic_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 422 => "invalid_request_error",
+        400 | 408 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

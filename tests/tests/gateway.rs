@@ -586,6 +586,26 @@ async fn a_slow_client_is_dropped_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_body_that_never_finishes_is_408() {
+    let (up, gw) = setup_with(Behavior::default(), "body_read_timeout_ms = 300", "").await;
+    let mut sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = "POST /v1/messages HTTP/1.1\r\nhost: x\r\nanthropic-version: 2023-06-01\r\ncontent-length: 100\r\n\r\n{\"model\":";
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+        .await
+        .expect("the gateway waited forever for the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains(r#""type":"invalid_request_error""#) && text.contains("300 ms"),
+        "{text}"
+    );
+    assert!(up.recorded().is_empty());
+}
+
+#[tokio::test]
 async fn the_process_survives_garbage() {
     let (_up, gw) = setup_with(Behavior::default(), "header_read_timeout_ms = 300", "").await;
     for junk in [
