@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, from a clean checkout: the README's test command, and what CI runs.
 #   1. format and lint checks   2. Rust unit + whole-gateway integration tests (nextest)
+#   2b. the Rego unit tests of the default policy bundle (lattice policy test policies)
 #   3. official-SDK compatibility tests (Python openai/anthropic, Node openai/@anthropic-ai/sdk),
 #      installed by tests/sdk/setup.sh from PyPI and npm into tests/.venv and node_modules.
 set -euo pipefail
@@ -21,8 +22,11 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+step "Rego policy tests (lattice policy test policies)"
+cargo build --locked -p lattice-gateway --bin lattice
+target/debug/lattice policy test policies
+
 if [ -f tests/sdk/run.sh ]; then
   step "official SDK tests"
-  cargo build --locked -p lattice-gateway --bin lattice
   LATTICE_BIN="$PWD/target/debug/lattice" bash tests/sdk/run.sh
 fi

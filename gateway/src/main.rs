@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lattice_gateway::{Config, Server, certs, telemetry};
+use lattice_gateway::{Config, Server, certs, policy, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,32 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Rego policy bundles: run their tests, evaluate a decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the bundle's `test_*` rules, like `opa test` (exit 1 when one fails).
+    Test {
+        /// The bundle directory.
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        /// Print every test, not only the failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Print the decision (`data.lattice.authz.decision`) for an input document.
+    Eval {
+        /// The input document (JSON); `-` reads standard input.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value = "policies")]
+        bundle: PathBuf,
     },
 }
 
@@ -70,6 +96,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Policy { command } => policy_command(command),
         Command::Certs { command } => {
             let written = match command {
                 CertsCommand::Init { dir, force } => certs::init(&dir, force),
@@ -83,6 +110,72 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+/// How long one policy evaluation may run before it is an error (and so a denial).
+const POLICY_EVAL_LIMIT: Duration = Duration::from_millis(100);
+
+fn policy_command(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Test { dir, verbose } => {
+            let bundle = match policy::Bundle::load(&dir, POLICY_EVAL_LIMIT) {
+                Ok(b) => b,
+                Err(e) => return fail(e),
+            };
+            let outcomes = bundle.run_tests();
+            let failed = outcomes.iter().filter(|t| !t.passed).count();
+            for t in &outcomes {
+                match (&t.error, t.passed) {
+                    (Some(e), _) => println!("ERROR {}: {e}", t.name),
+                    (None, false) => println!("FAIL  {}", t.name),
+                    (None, true) if verbose => println!("PASS  {}", t.name),
+                    _ => {}
+                }
+            }
+            println!(
+                "policy {} (sha256 {}): {} tests",
+                dir.display(),
+                bundle.sha256(),
+                outcomes.len()
+            );
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+            if outcomes.is_empty() {
+                return fail(format!("{}: no test_ rules found", dir.display()));
+            }
+            if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        PolicyCommand::Eval { input, bundle } => {
+            let text = if input.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&input)
+            };
+            let text = match text {
+                Ok(t) => t,
+                Err(e) => return fail(format!("{}: {e}", input.display())),
+            };
+            let value = match regorus::Value::from_json_str(&text) {
+                Ok(v) => v,
+                Err(e) => return fail(format!("{}: not JSON: {e}", input.display())),
+            };
+            let b = match policy::Bundle::load(&bundle, POLICY_EVAL_LIMIT) {
+                Ok(b) => b,
+                Err(e) => return fail(e),
+            };
+            match b.decide(value) {
+                Ok(d) => {
+                    let out = serde_json::json!({"decision": d, "bundle_sha256": b.sha256()});
+                    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{e} (fail closed: this call would be denied)")),
             }
         }
     }

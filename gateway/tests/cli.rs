@@ -1056,3 +1056,67 @@ fn shipped_mtls_config_works_as_the_readme_says() {
     );
     s.stop();
 }
+
+#[test]
+fn policy_test_runs_the_shipped_bundle_and_fails_on_a_failing_test() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let done = run(&["policy", "test", shipped.to_str().expect("utf-8")]);
+    assert!(
+        done.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        done.stdout,
+        done.stderr
+    );
+    let last = done.stdout.lines().last().unwrap_or("");
+    assert!(last.ends_with(" passed, 0 failed"), "{}", done.stdout);
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write_file(
+        tmp.path(),
+        "p.rego",
+        "package lattice.authz\nimport rego.v1\ndecision := {\"allow\": true}\ntest_ok if true\ntest_broken if false\n",
+    );
+    let done = run(&["policy", "test", tmp.path().to_str().expect("utf-8")]);
+    assert_eq!(done.status.code(), Some(1), "{}", done.stdout);
+    assert!(
+        done.stdout.contains("FAIL  data.lattice.authz.test_broken"),
+        "{}",
+        done.stdout
+    );
+    assert!(done.stdout.contains("1 passed, 1 failed"), "{}", done.stdout);
+
+    write_file(tmp.path(), "p.rego", "package lattice.authz\nthis is not rego\n");
+    let done = run(&["policy", "test", tmp.path().to_str().expect("utf-8")]);
+    assert_eq!(done.status.code(), Some(2));
+    assert!(done.stderr.contains("p.rego"), "{}", done.stderr);
+}
+
+#[test]
+fn policy_eval_prints_the_decision_and_the_bundle_hash() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = write_file(
+        tmp.path(),
+        "in.json",
+        r#"{"version":1,"principal":{"id":"k","kind":"api_key","user":"u","team":"support","roles":[],"attributes":{}},
+            "request":{"surface":"chat.completions","model":"gpt-4o","provider":"openai","tools":[]},
+            "time":{"weekday":"Tuesday","hour":10}}"#,
+    );
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let done = run(&[
+        "policy",
+        "eval",
+        "--input",
+        input.to_str().expect("utf-8"),
+        "--bundle",
+        shipped.to_str().expect("utf-8"),
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let out: serde_json::Value = serde_json::from_str(&done.stdout).expect("JSON on stdout");
+    assert_eq!(out["decision"]["allow"], false);
+    assert_eq!(
+        out["decision"]["reasons"][0],
+        "team \"support\" may not use model \"gpt-4o\""
+    );
+    assert_eq!(out["decision"]["obligations"]["model"], "gpt-4o-mini");
+    assert_eq!(out["bundle_sha256"].as_str().map(str::len), Some(64));
+}

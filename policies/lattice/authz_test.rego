@@ -1,0 +1,67 @@
+# Unit tests of the default policy: `lattice policy test policies/` (like `opa test`).
+package lattice.authz_test
+
+import data.lattice.authz
+import rego.v1
+
+weekday := {"weekday": "Tuesday", "hour": 10}
+
+weekend := {"weekday": "Sunday", "hour": 10}
+
+call(team, roles, model, tools, time) := {
+	"version": 1,
+	"principal": {"id": "p1", "kind": "api_key", "user": "u1", "team": team, "roles": roles, "attributes": {}},
+	"request": {"surface": "chat.completions", "model": model, "provider": "openai", "tools": tools},
+	"time": time,
+}
+
+test_team_may_use_its_models if {
+	d := authz.decision with input as call("research", [], "gpt-4o", [], weekday)
+	d.allow
+	count(d.reasons) == 0
+}
+
+test_team_may_not_use_other_models if {
+	d := authz.decision with input as call("support", [], "claude-3-5-sonnet", [], weekday)
+	not d.allow
+	d.reasons == {"team \"support\" may not use model \"claude-3-5-sonnet\""}
+}
+
+test_unknown_team_is_denied if {
+	d := authz.decision with input as call("nobody", [], "demo", [], weekday)
+	not d.allow
+}
+
+test_admin_may_use_anything if {
+	d := authz.decision with input as call("nobody", ["admin"], "anything", ["rm_rf"], weekend)
+	d.allow
+	d.obligations == {}
+}
+
+test_model_lock_is_an_obligation if {
+	d := authz.decision with input as call("support", [], "gpt-4o-mini", [], weekday)
+	d.allow
+	d.obligations.model == "gpt-4o-mini"
+	d.obligations.allowed_tools == []
+}
+
+test_disallowed_tool_is_denied if {
+	d := authz.decision with input as call("research", [], "gpt-4o", ["web_search", "shell"], weekday)
+	not d.allow
+	d.reasons == {"tool \"shell\" is not allowed for team \"research\""}
+}
+
+test_allowed_tools_pass if {
+	d := authz.decision with input as call("research", [], "gpt-4o", ["web_search", "calculator"], weekday)
+	d.allow
+}
+
+test_business_hours_rule if {
+	authz.decision.allow with input as call("finance", [], "demo", [], weekday)
+	not authz.decision.allow with input as call("finance", [], "demo", [], weekend)
+	not authz.decision.allow with input as call("finance", [], "demo", [], {"weekday": "Monday", "hour": 19})
+}
+
+test_other_teams_ignore_business_hours if {
+	authz.decision.allow with input as call("research", [], "demo", [], weekend)
+}
