@@ -12,6 +12,8 @@
 //! denies. Must not touch: sockets, the request path's dialects (the authorization gate maps
 //! errors and denials to responses).
 
+pub mod store;
+
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
