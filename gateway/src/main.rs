@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lattice_gateway::{Config, Server, certs, policy, telemetry};
+use lattice_gateway::{Config, Server, certs, keys, policy, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -37,11 +37,45 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Gateway API keys (stored only as SHA-256 hashes in the data dir).
+    Keys {
+        /// The gateway's data directory.
+        #[arg(
+            long,
+            global = true,
+            env = "LATTICE_DATA_DIR",
+            default_value = "./lattice-data"
+        )]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Rego policy bundles: run their tests, evaluate a decision.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Issue a key; its secret is printed once, alone on the last line of stdout.
+    Create {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        user: String,
+        /// A role (repeat for more).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A lifetime (`30d`, `12h`) or an RFC 3339 time (`2027-01-31T00:00:00Z`).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List the keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +131,7 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Policy { command } => policy_command(command),
+        Command::Keys { data_dir, command } => keys_command(&data_dir, command),
         Command::Certs { command } => {
             let written = match command {
                 CertsCommand::Init { dir, force } => certs::init(&dir, force),
@@ -113,6 +148,92 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn keys_command(data_dir: &std::path::Path, command: KeysCommand) -> ExitCode {
+    let mut store = match keys::KeyStore::open(data_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match command {
+        KeysCommand::Create {
+            team,
+            user,
+            roles,
+            expires,
+        } => {
+            let expires = match expires.as_deref().map(parse_expiry).transpose() {
+                Ok(e) => e,
+                Err(e) => return fail(e),
+            };
+            match store.create(&user, &team, &roles, expires) {
+                Ok((rec, key)) => {
+                    println!("id: {}", rec.id);
+                    println!(
+                        "user: {}  team: {}  roles: {}",
+                        rec.user,
+                        rec.team,
+                        rec.roles.join(",")
+                    );
+                    if let Some(e) = rec.expires {
+                        println!("expires: {}", rfc3339(e));
+                    }
+                    println!("the key is shown once, now; only its SHA-256 is kept:");
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        KeysCommand::List => {
+            let now = keys::now_secs();
+            println!(
+                "{:<12}  {:<16}  {:<16}  {:<20}  {:<8}  {:<20}",
+                "ID", "USER", "TEAM", "ROLES", "STATUS", "EXPIRES"
+            );
+            for r in store.records() {
+                let status = match (r.revoked, r.expires) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                let expires = r.expires.map(rfc3339).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<12}  {:<16}  {:<16}  {:<20}  {:<8}  {:<20}",
+                    r.id,
+                    r.user,
+                    r.team,
+                    r.roles.join(","),
+                    status,
+                    expires
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        KeysCommand::Revoke { id } => match store.revoke(&id) {
+            Ok(r) => {
+                println!("revoked {} (user {}, team {})", r.id, r.user, r.team);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+/// `30d` / `12h` from now, or an RFC 3339 time; unix seconds.
+fn parse_expiry(s: &str) -> Result<u64, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(keys::now_secs() + d.as_secs());
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .ok_or_else(|| format!("--expires {s:?}: use a lifetime such as 30d or 12h, or an RFC 3339 time"))
+}
+
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// How long one policy evaluation may run before it is an error (and so a denial).

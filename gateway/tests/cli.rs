@@ -1120,3 +1120,74 @@ fn policy_eval_prints_the_decision_and_the_bundle_hash() {
     assert_eq!(out["decision"]["obligations"]["model"], "gpt-4o-mini");
     assert_eq!(out["bundle_sha256"].as_str().map(str::len), Some(64));
 }
+
+#[test]
+fn keys_create_list_revoke() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_str().expect("utf-8");
+    let done = run(&[
+        "keys",
+        "create",
+        "--data-dir",
+        dir,
+        "--team",
+        "research",
+        "--user",
+        "ana",
+        "--role",
+        "dev",
+        "--expires",
+        "30d",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let key = done.stdout.lines().last().unwrap_or("").to_string();
+    let well_formed = key.len() == 3 + 12 + 1 + 64
+        && key.starts_with("lk_")
+        && key[3..]
+            .chars()
+            .enumerate()
+            .all(|(i, c)| if i == 12 { c == '_' } else { c.is_ascii_hexdigit() });
+    assert!(well_formed, "the secret must be alone on the last line: {key:?}");
+    let id = &key[3..15];
+
+    // The key store and the listing never contain the secret.
+    let stored = std::fs::read_to_string(tmp.path().join("keys.json")).expect("keys.json");
+    assert!(!stored.contains(&key[16..]), "secret stored in clear");
+    let list = run(&["keys", "list", "--data-dir", dir]);
+    assert!(list.status.success() && !list.stdout.contains(&key[16..]));
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("active")),
+        "{}",
+        list.stdout
+    );
+
+    let done = run(&["keys", "revoke", "--data-dir", dir, id]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let list = run(&["keys", "list", "--data-dir", dir]);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("revoked")),
+        "{}",
+        list.stdout
+    );
+
+    let done = run(&["keys", "revoke", "--data-dir", dir, "000000000000"]);
+    assert_eq!(done.status.code(), Some(2));
+    let done = run(&[
+        "keys",
+        "create",
+        "--data-dir",
+        dir,
+        "--team",
+        "t",
+        "--user",
+        "u",
+        "--expires",
+        "someday",
+    ]);
+    assert_eq!(done.status.code(), Some(2));
+    assert!(done.stderr.contains("--expires"), "{}", done.stderr);
+}
