@@ -62,7 +62,11 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
     server: RawServer,
+    #[serde(default)]
+    identity: RawIdentity,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
@@ -71,6 +75,21 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     deny: Vec<RawDeny>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    methods: Vec<IdentityMethod>,
+}
+
+/// A way to identify callers, tried in the configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityMethod {
+    /// Gateway API keys (`lattice keys create`), as `Authorization: Bearer` or `x-api-key`.
+    ApiKey,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +225,10 @@ fn default_deny_status() -> u16 {
 #[derive(Debug)]
 pub struct Config {
     pub source: PathBuf,
+    /// Where keys (and later the audit log) live.
+    pub data_dir: PathBuf,
+    /// Identity methods in order; empty: calls are anonymous (no identity gate).
+    pub identity: Vec<IdentityMethod>,
     pub server: ServerConfig,
     pub log: LogConfig,
     pub upstreams: Vec<UpstreamConfig>,
@@ -477,8 +500,21 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         });
     }
 
+    let data_dir = resolve(
+        base_dir,
+        &raw.data_dir.unwrap_or_else(|| PathBuf::from("lattice-data")),
+    );
+    let mut identity = Vec::new();
+    for m in raw.identity.methods {
+        if identity.contains(&m) {
+            return Err(bad("identity.methods", format!("{m:?} is listed twice")));
+        }
+        identity.push(m);
+    }
     Ok(Config {
         source: source.to_path_buf(),
+        data_dir,
+        identity,
         server: ServerConfig {
             listen,
             max_body_bytes: raw.server.max_body_bytes,

@@ -39,17 +39,18 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: &Config) -> Result<State, UpstreamSetupError> {
+    pub fn new(config: &Config) -> Result<State, String> {
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, UpstreamSetupError>>()
+            .map_err(|e| e.to_string())?;
         let router = Router::new(config, &upstreams);
         let (models_openai, models_anthropic) = model_lists(&router);
         Ok(State {
             router,
-            pipeline: Pipeline::from_config(config),
+            pipeline: Pipeline::from_config(config)?,
             max_body: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             models_openai,
@@ -279,14 +280,15 @@ pub async fn handle(
     };
     log.model = Some(view.model.as_ref().into());
     let route = state.router.resolve(&view.model);
-    let call = Call {
+    let mut call = Call {
         view: &view,
         headers: &parts.headers,
         conn: &conn,
         request_id: rid.to_str().unwrap_or("-"),
         route: route.map(|r| &**r),
+        principal: None,
     };
-    if let Err(d) = state.pipeline.check(&call) {
+    if let Err(d) = state.pipeline.check(&mut call) {
         return reject(Rejection::Denied(d), dialect, rid, log);
     }
     let Some(route) = route else {

@@ -51,9 +51,9 @@ impl Server {
     /// Builds the request state and binds the listener; nothing is served until [`Server::run`].
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
         let file = config.source.display().to_string();
-        let state = State::new(config).map_err(|e| StartError::Config {
+        let state = State::new(config).map_err(|message| StartError::Config {
             file: file.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let tls = match &config.server.tls {
             None => None,

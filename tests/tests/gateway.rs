@@ -644,6 +644,80 @@ async fn a_gate_denial_is_rendered_in_the_callers_dialect() {
     assert!(up.recorded().is_empty());
 }
 
+#[tokio::test]
+async fn api_keys_identify_callers_and_revocation_needs_no_restart() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let (rec, key) = store.create("ana", "research", &["dev".into()], None).unwrap();
+    let (_, old) = store
+        .create("bo", "research", &[], Some(lattice_gateway::keys::now_secs() - 1))
+        .unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n{}",
+        data.path().display(),
+        config(up.addr, "", "")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let bearer = format!("Bearer {key}");
+
+    let r = send(gw.addr, chat(&[("authorization", &bearer)], CHAT)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = send(gw.addr, messages(&[("x-api-key", &key)], MSG)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for seen in up.recorded() {
+        let all = format!("{:?}", seen.headers);
+        assert!(!all.contains(&key[16..]), "the gateway key reached the upstream");
+    }
+
+    let r = send(gw.addr, chat(&[], CHAT)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    assert_eq!(r.json()["error"]["code"], "missing_credential");
+    let r = send(gw.addr, messages(&[], MSG)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+
+    let mut wrong = key.clone();
+    wrong.replace_range(20..24, "0000");
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {wrong}"))], CHAT),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    assert!(
+        !r.text().contains(&wrong[16..]),
+        "the error must not echo the key"
+    );
+    let r = send(gw.addr, messages(&[("x-api-key", &old)], MSG)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("expired"));
+    let before = up.recorded().len();
+
+    // Revoked by another process (the CLI): the running gateway refuses the key, no restart.
+    lattice_gateway::keys::KeyStore::open(data.path())
+        .unwrap()
+        .revoke(&rec.id)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = send(gw.addr, chat(&[("authorization", &bearer)], CHAT)).await;
+        if r.status == StatusCode::UNAUTHORIZED {
+            assert_eq!(r.json()["error"]["code"], "revoked_api_key");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "revocation did not take effect within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let allowed_while_waiting = up.recorded().len() - before;
+    assert!(allowed_while_waiting < 100);
+}
+
 // ------------------------------------------------------------------------------ HTTP/2 and TLS
 
 #[tokio::test]

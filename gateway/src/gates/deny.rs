@@ -35,7 +35,7 @@ impl Gate for DenyList {
         "deny_list"
     }
 
-    fn check(&self, call: &Call<'_>) -> Result<(), Denial> {
+    fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
         let model = call.view.model.as_ref();
         match self.rules.iter().find(|(p, _, _)| p.matches(model)) {
             None => Ok(()),

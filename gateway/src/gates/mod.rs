@@ -9,9 +9,12 @@
 //! across awaits. Work that needs I/O (the audit log's sync) overlaps the upstream call instead.
 
 mod deny;
+pub mod identity;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
 use lattice_providers::CallView;
@@ -29,6 +32,19 @@ pub struct ConnInfo {
     pub peer_certs: Option<Vec<CertificateDer<'static>>>,
 }
 
+/// Who is calling: set by the identity gate, read by every later gate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Principal {
+    /// The key id, the certificate's SPIFFE id or subject, or the token's subject.
+    pub id: String,
+    /// How the caller was identified: `api_key`, `mtls` or `jwt`.
+    pub kind: &'static str,
+    pub user: String,
+    pub team: String,
+    pub roles: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
 /// One call as the gates see it.
 pub struct Call<'a> {
     pub view: &'a CallView<'a>,
@@ -39,6 +55,8 @@ pub struct Call<'a> {
     /// the provider; an unknown model is reported only after the gates pass, so a caller who
     /// may not call at all cannot probe which models exist.
     pub route: Option<&'a RouteTarget>,
+    /// Set by the identity gate; `None` when no identity method is configured.
+    pub principal: Option<Arc<Principal>>,
 }
 
 /// A gate's refusal. Rendered in the client's dialect by the proxy; `message` must not contain
@@ -59,8 +77,8 @@ pub trait Gate: Send + Sync + 'static {
     /// A static name used in logs, metrics, traces and audit records.
     fn name(&self) -> &'static str;
 
-    /// The request-side check.
-    fn check(&self, call: &Call<'_>) -> Result<(), Denial>;
+    /// The request-side check; a gate may record what it learnt (the principal) in `call`.
+    fn check(&self, call: &mut Call<'_>) -> Result<(), Denial>;
 }
 
 /// THE ordered list of gates.
@@ -69,20 +87,23 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn from_config(config: &Config) -> Pipeline {
+    pub fn from_config(config: &Config) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
+        if let Some(g) = identity::Identity::from_config(config)? {
+            gates.push(Box::new(g));
+        }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
         // Constraints: the static deny list is the first; budgets, rate limits, PII, tool gate
         // and model lock follow it. A static rule needs no principal, so it is cheap to keep here.
         if let Some(g) = deny::DenyList::from_config(&config.deny) {
             gates.push(Box::new(g));
         }
-        Pipeline { gates }
+        Ok(Pipeline { gates })
     }
 
     /// Runs the request-side checks in order; the first denial wins.
-    pub fn check(&self, call: &Call<'_>) -> Result<(), Denial> {
+    pub fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
         for g in &self.gates {
             g.check(call)?;
         }

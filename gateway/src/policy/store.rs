@@ -6,17 +6,12 @@
 //! is logged and kept for `/readyz`. Readers take the current bundle with one atomic load.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
-use notify::{RecursiveMode, Watcher};
 
 use super::{Bundle, PolicyError};
-
-/// Quiet time after the last file event before a reload: an editor's save is several events.
-const SETTLE: Duration = Duration::from_millis(100);
 
 pub struct PolicyStore {
     dir: PathBuf,
@@ -101,32 +96,18 @@ impl PolicyStore {
 
     /// Starts watching the directory: changes are reloaded on a background thread.
     pub fn watch(self: &Arc<Self>) -> Result<(), notify::Error> {
-        let (tx, rx) = mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        })?;
-        watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+        let store: Weak<PolicyStore> = Arc::downgrade(self);
+        let watcher =
+            crate::watch::watch_dir(&self.dir, "lattice-policy-watch", move || match store.upgrade() {
+                Some(s) => {
+                    let _ = s.reload();
+                    true
+                }
+                None => false,
+            })?;
         if let Ok(mut slot) = self.watcher.lock() {
             *slot = Some(watcher);
         }
-        let store: Weak<PolicyStore> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("lattice-policy-watch".into())
-            .spawn(move || {
-                // Ends when the store (and with it the watcher and the sender) is dropped.
-                while rx.recv().is_ok() {
-                    while rx.recv_timeout(SETTLE).is_ok() {}
-                    match store.upgrade() {
-                        Some(s) => {
-                            let _ = s.reload();
-                        }
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| notify::Error::generic(&e.to_string()))?;
         Ok(())
     }
 }
