@@ -68,6 +68,8 @@ struct RawConfig {
     #[serde(default)]
     identity: RawIdentity,
     #[serde(default)]
+    authorization: Option<RawAuthorization>,
+    #[serde(default)]
     log: RawLog,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
@@ -75,6 +77,25 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     deny: Vec<RawDeny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorization {
+    policy_dir: PathBuf,
+    #[serde(default = "default_eval_timeout")]
+    eval_timeout_ms: u64,
+}
+
+fn default_eval_timeout() -> u64 {
+    100
+}
+
+/// The authorization gate's settings.
+#[derive(Debug)]
+pub struct AuthorizationConfig {
+    pub policy_dir: PathBuf,
+    pub eval_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -168,6 +189,16 @@ pub enum ProviderKind {
     Mock,
 }
 
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -229,6 +260,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Identity methods in order; empty: calls are anonymous (no identity gate).
     pub identity: Vec<IdentityMethod>,
+    /// The Rego authorization gate, when configured.
+    pub authorization: Option<AuthorizationConfig>,
     pub server: ServerConfig,
     pub log: LogConfig,
     pub upstreams: Vec<UpstreamConfig>,
@@ -511,10 +544,24 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         }
         identity.push(m);
     }
+    let authorization = match raw.authorization {
+        None => None,
+        Some(a) if a.eval_timeout_ms == 0 => {
+            return Err(bad(
+                "authorization.eval_timeout_ms",
+                "must be greater than 0".into(),
+            ));
+        }
+        Some(a) => Some(AuthorizationConfig {
+            policy_dir: resolve(base_dir, &a.policy_dir),
+            eval_timeout: Duration::from_millis(a.eval_timeout_ms),
+        }),
+    };
     Ok(Config {
         source: source.to_path_buf(),
         data_dir,
         identity,
+        authorization,
         server: ServerConfig {
             listen,
             max_body_bytes: raw.server.max_body_bytes,

@@ -20,6 +20,7 @@ use lattice_providers::{CallView, Dialect, Surface, ViewError, mock, view};
 use crate::body::{AccessLog, Outcome, ResponseBody};
 use crate::config::{Config, ProviderKind};
 use crate::gates::{Call, ConnInfo, Denial, Pipeline};
+use crate::policy::store::PolicyStore;
 use crate::router::Router;
 use crate::upstream::{HttpTarget, Target, Upstream, UpstreamSetupError};
 
@@ -32,6 +33,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub struct State {
     router: Router,
     pipeline: Pipeline,
+    policy: Option<Arc<PolicyStore>>,
     max_body: u64,
     body_timeout: std::time::Duration,
     models_openai: Bytes,
@@ -48,9 +50,20 @@ impl State {
             .map_err(|e| e.to_string())?;
         let router = Router::new(config, &upstreams);
         let (models_openai, models_anthropic) = model_lists(&router);
+        let policy = match &config.authorization {
+            None => None,
+            Some(a) => {
+                let store = PolicyStore::open(&a.policy_dir, a.eval_timeout).map_err(|e| e.to_string())?;
+                store
+                    .watch()
+                    .map_err(|e| format!("cannot watch {}: {e}", a.policy_dir.display()))?;
+                Some(store)
+            }
+        };
         Ok(State {
             router,
-            pipeline: Pipeline::from_config(config)?,
+            pipeline: Pipeline::from_config(config, policy.clone())?,
+            policy,
             max_body: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             models_openai,
@@ -243,13 +256,21 @@ pub async fn handle(
             );
         }
         Ok(Endpoint::Ready) => {
-            return plain(
-                StatusCode::OK,
-                "application/json",
-                Bytes::from_static(b"{\"status\":\"ready\"}"),
-                rid,
-                log,
-            );
+            // Still ready when a policy reload was refused (the previous bundle decides), but
+            // the detail says so.
+            let body = match &state.policy {
+                None => Bytes::from_static(b"{\"status\":\"ready\"}"),
+                Some(p) => {
+                    let b = p.current();
+                    let detail = serde_json::json!({
+                        "status": "ready",
+                        "policy": {"sha256": b.sha256(), "engine": b.engine_name(),
+                                   "reload_error": p.last_error().as_deref()},
+                    });
+                    Bytes::from(detail.to_string())
+                }
+            };
+            return plain(StatusCode::OK, "application/json", body, rid, log);
         }
         Ok(Endpoint::Models) => {
             let list = match dialect {
@@ -287,18 +308,23 @@ pub async fn handle(
         request_id: rid.to_str().unwrap_or("-"),
         route: route.map(|r| &**r),
         principal: None,
+        model_override: None,
     };
     if let Err(d) = state.pipeline.check(&mut call) {
         return reject(Rejection::Denied(d), dialect, rid, log);
     }
-    let Some(route) = route else {
-        return reject(
-            Rejection::UnknownModel(view.model.into_owned()),
-            dialect,
-            rid,
-            log,
-        );
+    // A policy's `model` obligation: the call goes where that model routes, under that name.
+    let override_model = call.model_override.take();
+    let route = match &override_model {
+        Some(m) => state.router.resolve(m),
+        None => route,
     };
+    let Some(route) = route else {
+        let model = override_model.unwrap_or_else(|| view.model.into_owned());
+        return reject(Rejection::UnknownModel(model), dialect, rid, log);
+    };
+    // The name the upstream gets: the route's rename, else the policy's override, else as asked.
+    let send_model = route.upstream_model.as_deref().or(override_model.as_deref());
     let upstream = &route.upstream;
     log.upstream = Some(upstream.name.clone());
     if !upstream.speaks(dialect) {
@@ -312,7 +338,7 @@ pub async fn handle(
     match &upstream.target {
         Target::Mock(opts) => {
             let renamed;
-            let view = match route.upstream_model.as_deref() {
+            let view = match send_model {
                 Some(m) => {
                     renamed = CallView {
                         model: Cow::Borrowed(m),
@@ -332,7 +358,7 @@ pub async fn handle(
             resp
         }
         Target::Http(t) => {
-            let body = match route.upstream_model.as_deref() {
+            let body = match send_model {
                 Some(m) if m != view.model => splice_model(&bytes, view.model_span.clone(), m),
                 _ => bytes.clone(),
             };

@@ -1,6 +1,8 @@
 //! Whole-gateway tests over real sockets: every surface, JSON and streams, credentials and
 //! headers, routing, bad input, limits, timeouts, cancellation, gates, HTTP/2 and mTLS.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -716,6 +718,170 @@ async fn api_keys_identify_callers_and_revocation_needs_no_restart() {
     }
     let allowed_while_waiting = up.recorded().len() - before;
     assert!(allowed_while_waiting < 100);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A gateway with API keys and the Rego gate over `policy_dir`; returns (gateway, research key,
+/// support key).
+async fn with_policy(
+    up: &MockUpstream,
+    data: &std::path::Path,
+    policy_dir: &std::path::Path,
+) -> (TestGateway, String, String) {
+    let mut store = lattice_gateway::keys::KeyStore::open(data).unwrap();
+    let (_, research) = store.create("ana", "research", &[], None).unwrap();
+    let (_, support) = store.create("bo", "support", &[], None).unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n[authorization]\npolicy_dir = \"{}\"\n{}",
+        data.display(),
+        policy_dir.display(),
+        config(up.addr, "", "")
+    );
+    (TestGateway::start(&cfg).await, research, support)
+}
+
+#[tokio::test]
+async fn rego_decides_and_its_obligations_are_enforced() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let pol = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+        pol.path(),
+    );
+    let (gw, research, support) = with_policy(&up, data.path(), pol.path()).await;
+    let gpt4o = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {research}"))], gpt4o),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {support}"))], gpt4o),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "team \"support\" may not use model \"gpt-4o\""
+    );
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+    let r = send(
+        gw.addr,
+        messages(
+            &[("x-api-key", &support)],
+            r#"{"model":"claude-x","max_tokens":5,"messages":[]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not use model \"claude-x\"")
+    );
+    assert_eq!(up.recorded().len(), 1, "denied calls must not reach the upstream");
+
+    // The support team's model lock: `demo` (normally the built-in mock) goes to gpt-4o-mini.
+    let r = send(
+        gw.addr,
+        chat(
+            &[("authorization", &format!("Bearer {support}"))],
+            r#"{"model":"demo","messages":[]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "upstream says hi");
+    assert_eq!(&up.last().body[..], br#"{"model":"gpt-4o-mini","messages":[]}"#);
+
+    let ready = send(gw.addr, request(Method::GET, "/readyz", &[], ""))
+        .await
+        .json();
+    assert_eq!(ready["policy"]["engine"], "rvm");
+    assert!(ready["policy"]["reload_error"].is_null());
+    let sha = ready["policy"]["sha256"].clone();
+
+    // A broken edit is refused: the previous bundle keeps deciding, readiness says why.
+    std::fs::write(
+        pol.path().join("lattice/authz.rego"),
+        "package lattice.authz\nthis is not rego\n",
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let ready = send(gw.addr, request(Method::GET, "/readyz", &[], ""))
+            .await
+            .json();
+        if !ready["policy"]["reload_error"].is_null() {
+            assert_eq!(ready["policy"]["sha256"], sha);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken edit was not noticed within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {support}"))], gpt4o),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {research}"))], gpt4o),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_policy_that_cannot_decide_denies() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let pol = tempfile::tempdir().unwrap();
+    // Divides by the number of tools offered: zero here, an evaluation error.
+    std::fs::write(
+        pol.path().join("p.rego"),
+        "package lattice.authz\nimport rego.v1\ndecision := {\"allow\": x > 0} if { x := 1 / count(input.request.tools) }\n",
+    )
+    .unwrap();
+    let (gw, research, _) = with_policy(&up, data.path(), pol.path()).await;
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {research}"))], CHAT),
+    )
+    .await;
+    assert!(
+        r.status == StatusCode::SERVICE_UNAVAILABLE || r.status == StatusCode::FORBIDDEN,
+        "{}",
+        r.status
+    );
+    let code = r.json()["error"]["code"].as_str().unwrap().to_string();
+    assert!(code == "policy_unavailable" || code == "policy_invalid", "{code}");
+    assert!(
+        up.recorded().is_empty(),
+        "an undecided call must not reach the upstream"
+    );
 }
 
 // ------------------------------------------------------------------------------ HTTP/2 and TLS

@@ -8,6 +8,7 @@
 //! Gates run on the request path, so they decide from in-memory state: no I/O, no locks held
 //! across awaits. Work that needs I/O (the audit log's sync) overlaps the upstream call instead.
 
+pub mod authz;
 mod deny;
 pub mod identity;
 
@@ -57,6 +58,8 @@ pub struct Call<'a> {
     pub route: Option<&'a RouteTarget>,
     /// Set by the identity gate; `None` when no identity method is configured.
     pub principal: Option<Arc<Principal>>,
+    /// A policy obligation: call this model instead (re-routed before Execute).
+    pub model_override: Option<String>,
 }
 
 /// A gate's refusal. Rendered in the client's dialect by the proxy; `message` must not contain
@@ -87,13 +90,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn from_config(config: &Config) -> Result<Pipeline, String> {
+    pub fn from_config(
+        config: &Config,
+        policy: Option<Arc<crate::policy::store::PolicyStore>>,
+    ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
         if let Some(g) = identity::Identity::from_config(config)? {
             gates.push(Box::new(g));
         }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
+        if let Some(store) = policy {
+            gates.push(Box::new(authz::Authorization::new(store)));
+        }
         // Constraints: the static deny list is the first; budgets, rate limits, PII, tool gate
         // and model lock follow it. A static rule needs no principal, so it is cheap to keep here.
         if let Some(g) = deny::DenyList::from_config(&config.deny) {

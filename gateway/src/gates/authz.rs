@@ -1,0 +1,155 @@
+//! The authorization gate: Rego decides (`data.lattice.authz.decision`, see policies/README.md).
+//!
+//! Builds the versioned input document from the call (principal, request, time), evaluates the
+//! bundle in force, and either denies with the policy's reasons (403) or lets the call on with
+//! its obligations; a `model` obligation re-routes the call. Fail closed: an evaluation error or
+//! time-out is 503 (the gateway could not decide), an undefined or malformed decision is 403.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use regorus::Value;
+
+use super::{Call, Denial, Gate};
+use crate::policy::store::PolicyStore;
+use crate::policy::{INPUT_VERSION, PolicyError};
+
+pub struct Authorization {
+    store: Arc<PolicyStore>,
+}
+
+impl Authorization {
+    pub fn new(store: Arc<PolicyStore>) -> Authorization {
+        Authorization { store }
+    }
+}
+
+fn obj(pairs: Vec<(&str, Value)>) -> Value {
+    let mut o = Value::new_object();
+    if let Ok(map) = o.as_object_mut() {
+        for (k, v) in pairs {
+            map.insert(Value::from(k), v);
+        }
+    }
+    o
+}
+
+fn strs<'a>(items: impl Iterator<Item = &'a str>) -> Value {
+    Value::from(items.map(Value::from).collect::<Vec<_>>())
+}
+
+const WEEKDAYS: [&str; 7] = [
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+];
+
+/// The input document, version 1.
+fn input(call: &Call<'_>) -> Value {
+    let principal = match &call.principal {
+        None => Value::Null,
+        Some(p) => {
+            let mut attrs = Value::new_object();
+            if let Ok(map) = attrs.as_object_mut() {
+                for (k, v) in &p.attributes {
+                    map.insert(Value::from(k.as_str()), Value::from(v.as_str()));
+                }
+            }
+            obj(vec![
+                ("id", Value::from(p.id.as_str())),
+                ("kind", Value::from(p.kind)),
+                ("user", Value::from(p.user.as_str())),
+                ("team", Value::from(p.team.as_str())),
+                ("roles", strs(p.roles.iter().map(String::as_str))),
+                ("attributes", attrs),
+            ])
+        }
+    };
+    let (provider, upstream) = match call.route {
+        Some(r) => (
+            Value::from(r.upstream.kind.as_str()),
+            Value::from(&*r.upstream.name),
+        ),
+        None => (Value::Null, Value::Null),
+    };
+    let v = call.view;
+    let request = obj(vec![
+        ("surface", Value::from(v.surface.name())),
+        ("model", Value::from(v.model.as_ref())),
+        ("provider", provider),
+        ("upstream", upstream),
+        ("stream", Value::from(v.stream)),
+        ("max_tokens", v.max_tokens.map_or(Value::Null, Value::from)),
+        ("tools", Value::from(Vec::<Value>::new())),
+    ]);
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let time = obj(vec![
+        ("unix", Value::from(secs)),
+        (
+            "rfc3339",
+            Value::from(humantime::format_rfc3339_seconds(now).to_string()),
+        ),
+        ("weekday", Value::from(WEEKDAYS[((secs / 86_400) % 7) as usize])),
+        ("hour", Value::from((secs % 86_400) / 3_600)),
+    ]);
+    obj(vec![
+        ("version", Value::from(u64::from(INPUT_VERSION))),
+        ("principal", principal),
+        ("request", request),
+        ("budget", Value::new_object()),
+        ("time", time),
+    ])
+}
+
+impl Gate for Authorization {
+    fn name(&self) -> &'static str {
+        "authorization"
+    }
+
+    fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
+        let bundle = self.store.current();
+        let deny = |status, code, message: String| Denial {
+            gate: "authorization",
+            code,
+            status,
+            message: message.into(),
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
+        };
+        match bundle.decide(input(call)) {
+            Ok(d) if d.allow => {
+                if let Some(m) = d.obligations.get("model").and_then(|m| m.as_str()) {
+                    call.model_override = Some(m.to_string());
+                }
+                Ok(())
+            }
+            Ok(d) if d.reasons.is_empty() => Err(deny(
+                StatusCode::FORBIDDEN,
+                "policy_denied",
+                "denied by policy".to_string(),
+            )),
+            Ok(d) => Err(deny(StatusCode::FORBIDDEN, "policy_denied", d.reasons.join("; "))),
+            Err(e @ PolicyError::Eval(_)) => {
+                tracing::error!(error = %e, sha256 = bundle.sha256(), "policy evaluation failed; call refused");
+                Err(deny(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "policy_unavailable",
+                    "the authorization policy could not decide; the call is refused".into(),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, sha256 = bundle.sha256(), "policy gave no valid decision; call refused");
+                Err(deny(
+                    StatusCode::FORBIDDEN,
+                    "policy_invalid",
+                    "the authorization policy gave no valid decision".into(),
+                ))
+            }
+        }
+    }
+}
