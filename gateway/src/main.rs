@@ -322,6 +322,7 @@ fn serve(path: PathBuf) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
+        let shutdown = shutdown_signal();
         tracing::info!(
             addr = %server.local_addr(),
             tls = server.scheme() == "https",
@@ -335,31 +336,40 @@ fn serve(path: PathBuf) -> ExitCode {
             server.scheme(),
             server.local_addr()
         );
-        server.run(shutdown_signal(), Duration::from_secs(10)).await;
+        server.run(shutdown, Duration::from_secs(10)).await;
         telemetry::flush_access();
         tracing::info!("lattice stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT handlers now (they must exist before readiness is announced:
+/// a signal that arrives first would otherwise take the default action and kill the process)
+/// and returns the future that resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
