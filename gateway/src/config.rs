@@ -103,6 +103,28 @@ pub struct AuthorizationConfig {
 struct RawIdentity {
     #[serde(default)]
     methods: Vec<IdentityMethod>,
+    #[serde(default)]
+    mtls: RawMtls,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMtls {
+    #[serde(default)]
+    team_from: TeamFrom,
+}
+
+/// Which certificate field names the principal's team.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeamFrom {
+    /// The subject's organization (O).
+    #[default]
+    O,
+    /// The subject's organizational unit (OU).
+    Ou,
+    /// The first path segment of the SPIFFE id (`spiffe://domain/TEAM/...`).
+    SpiffePath,
 }
 
 /// A way to identify callers, tried in the configured order.
@@ -111,6 +133,8 @@ struct RawIdentity {
 pub enum IdentityMethod {
     /// Gateway API keys (`lattice keys create`), as `Authorization: Bearer` or `x-api-key`.
     ApiKey,
+    /// The verified TLS client certificate (needs `[server.tls] client_auth`).
+    Mtls,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +284,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Identity methods in order; empty: calls are anonymous (no identity gate).
     pub identity: Vec<IdentityMethod>,
+    pub mtls_team_from: TeamFrom,
     /// The Rego authorization gate, when configured.
     pub authorization: Option<AuthorizationConfig>,
     pub server: ServerConfig,
@@ -544,6 +569,13 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         }
         identity.push(m);
     }
+    let client_certs = tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::Off);
+    if identity.contains(&IdentityMethod::Mtls) && !client_certs {
+        return Err(bad(
+            "identity.methods",
+            "\"mtls\" needs [server.tls] with client_auth = \"optional\" or \"required\"".into(),
+        ));
+    }
     let authorization = match raw.authorization {
         None => None,
         Some(a) if a.eval_timeout_ms == 0 => {
@@ -561,6 +593,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         source: source.to_path_buf(),
         data_dir,
         identity,
+        mtls_team_from: raw.identity.mtls.team_from,
         authorization,
         server: ServerConfig {
             listen,
@@ -865,6 +898,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("routed twice"), "{e}");
+    }
+
+    #[test]
+    fn mtls_identity_needs_client_certificates() {
+        let text = format!("[identity]\nmethods = [\"mtls\"]\n{GOOD}");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("identity.methods") && e.contains("client_auth"), "{e}");
+        let text = format!("[identity]\nmethods = [\"api_key\", \"api_key\"]\n{GOOD}");
+        assert!(load(&text).unwrap_err().to_string().contains("listed twice"));
+        let text = format!("[identity]\nmethods = [\"api_key\"]\nmtls = {{ team_from = \"ou\" }}\n{GOOD}");
+        assert_eq!(load(&text).unwrap().mtls_team_from, TeamFrom::Ou);
     }
 
     #[test]

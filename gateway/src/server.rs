@@ -155,6 +155,7 @@ async fn serve_conn(
             remote: Some(remote),
             tls: false,
             peer_certs: None,
+            mtls_principal: Default::default(),
         });
         let svc = service(state, conn);
         let _ = watcher
@@ -182,6 +183,7 @@ async fn serve_conn(
         remote: Some(remote),
         tls: true,
         peer_certs,
+        mtls_principal: Default::default(),
     });
     let svc = service(state, conn);
     let builder = if h2 { &builders.h2 } else { &builders.h1 };

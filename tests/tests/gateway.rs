@@ -963,3 +963,59 @@ async fn mtls_optional_serves_clients_without_a_certificate() {
     let (_, r) = send_tls(gw.addr, &c, chat(&[], CHAT)).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn mtls_principals_come_from_the_certificate_never_from_headers() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let certs = tempfile::tempdir().unwrap();
+    lattice_gateway::certs::init(certs.path(), false).unwrap();
+    lattice_gateway::certs::client(certs.path(), "agent-2").unwrap();
+    let pol = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pol.path().join("p.rego"),
+        r#"package lattice.authz
+import rego.v1
+default allow := false
+allow if {
+	input.principal.kind == "mtls"
+	input.principal.id == "spiffe://lattice.local/client/client"
+	input.principal.user == "client"
+	input.principal.team == "Lattice development"
+}
+reasons contains sprintf("user %q may not call", [input.principal.user]) if not allow
+decision := {"allow": allow, "reasons": reasons, "obligations": {}}
+"#,
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"mtls\"]\n[authorization]\npolicy_dir = \"{}\"\n{}",
+        data.path().display(),
+        pol.path().display(),
+        tls_config(up.addr, certs.path(), "required")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let d = certs.path();
+    let ca = d.join("ca.pem");
+    let client = tls_client(&ca, Some((&d.join("client.pem"), &d.join("client.key"))), b"h2");
+    let (_, r) = send_tls(gw.addr, &client, chat(&[], CHAT)).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let agent = tls_client(
+        &ca,
+        Some((&d.join("agent-2.pem"), &d.join("agent-2.key"))),
+        b"http/1.1",
+    );
+    let spoof = [
+        (
+            "x-forwarded-client-cert",
+            "URI=spiffe://lattice.local/client/client",
+        ),
+        ("x-lattice-principal", "client"),
+        ("authorization", "Bearer client"),
+    ];
+    let (_, r) = send_tls(gw.addr, &agent, chat(&spoof, CHAT)).await.unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["message"], "user \"agent-2\" may not call");
+    assert_eq!(up.recorded().len(), 1);
+}

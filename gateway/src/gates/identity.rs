@@ -16,7 +16,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderName, StatusCode};
 
 use super::{Call, Denial, Gate, Principal};
-use crate::config::{Config, IdentityMethod};
+use crate::config::{Config, IdentityMethod, TeamFrom};
 use crate::keys::{KeyRejection, KeyStore, now_secs};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -50,6 +50,7 @@ impl Keys {
 
 pub struct Identity {
     methods: Vec<IdentityMethod>,
+    team_from: TeamFrom,
     keys: Arc<ArcSwap<Keys>>,
     _watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
@@ -78,6 +79,7 @@ impl Identity {
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         Ok(Some(Identity {
             methods: config.identity.clone(),
+            team_from: config.mtls_team_from,
             keys,
             _watcher: Mutex::new(Some(watcher)),
         }))
@@ -92,6 +94,71 @@ fn unauthenticated(code: &'static str, message: &'static str) -> Denial {
         message: message.into(),
         retry_after: None,
     }
+}
+
+/// The principal a verified client certificate maps to: id = the SPIFFE URI SAN, else the
+/// subject; user = the subject CN (else the SPIFFE id's last segment); team per `team_from`.
+fn mtls_principal(
+    leaf: &rustls_pki_types::CertificateDer<'_>,
+    team_from: TeamFrom,
+) -> Option<Arc<Principal>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let subject = cert.subject();
+    let first = |mut it: Box<dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>> + '_>| {
+        it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let cn = first(Box::new(subject.iter_common_name()));
+    let o = first(Box::new(subject.iter_organization()));
+    let ou = first(Box::new(subject.iter_organizational_unit()));
+    let mut spiffe = None;
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::URI(u)
+                    if u.starts_with("spiffe://") && spiffe.is_none() =>
+                {
+                    spiffe = Some(u.to_string());
+                }
+                x509_parser::extensions::GeneralName::DNSName(d) => dns.push(d.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let spiffe_path: Vec<&str> = spiffe
+        .as_deref()
+        .and_then(|s| s.strip_prefix("spiffe://"))
+        .and_then(|s| s.split_once('/'))
+        .map(|(_, path)| path.split('/').filter(|p| !p.is_empty()).collect())
+        .unwrap_or_default();
+    let team = match team_from {
+        TeamFrom::O => o.clone(),
+        TeamFrom::Ou => ou.clone(),
+        TeamFrom::SpiffePath => spiffe_path.first().map(|s| s.to_string()),
+    };
+    let user = cn.clone().or_else(|| spiffe_path.last().map(|s| s.to_string()));
+    let mut attributes = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("spiffe_id", &spiffe),
+        ("subject_cn", &cn),
+        ("subject_o", &o),
+        ("subject_ou", &ou),
+    ] {
+        if let Some(v) = v {
+            attributes.insert(k.to_string(), v.clone());
+        }
+    }
+    if !dns.is_empty() {
+        attributes.insert("dns_names".to_string(), dns.join(","));
+    }
+    Some(Arc::new(Principal {
+        id: spiffe.unwrap_or_else(|| subject.to_string()),
+        kind: "mtls",
+        user: user.unwrap_or_default(),
+        team: team.unwrap_or_default(),
+        roles: Vec::new(),
+        attributes,
+    }))
 }
 
 /// The API key a client presented, if any.
@@ -116,6 +183,26 @@ impl Gate for Identity {
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
         for method in &self.methods {
             match method {
+                IdentityMethod::Mtls => {
+                    // Only the verified TLS session counts; no header can stand in for it.
+                    let Some(leaf) = call.conn.peer_certs.as_ref().and_then(|c| c.first()) else {
+                        continue;
+                    };
+                    let principal = call
+                        .conn
+                        .mtls_principal
+                        .get_or_init(|| mtls_principal(leaf, self.team_from));
+                    return match principal {
+                        Some(p) => {
+                            call.principal = Some(p.clone());
+                            Ok(())
+                        }
+                        None => Err(unauthenticated(
+                            "invalid_client_certificate",
+                            "the client certificate could not be read",
+                        )),
+                    };
+                }
                 IdentityMethod::ApiKey => {
                     let Some(key) = presented_key(call.headers) else {
                         continue;

@@ -31,6 +31,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The verified client certificate chain (mTLS), leaf first.
     pub peer_certs: Option<Vec<CertificateDer<'static>>>,
+    /// The principal the certificate maps to, derived once per connection.
+    pub mtls_principal: std::sync::OnceLock<Option<Arc<Principal>>>,
 }
 
 /// Who is calling: set by the identity gate, read by every later gate.
