@@ -86,16 +86,13 @@ pub fn now_secs() -> u64 {
 }
 
 fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&Sha256::digest(s.as_bytes()))
 }
 
 fn random_hex(bytes: usize) -> Result<String, StoreError> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| StoreError::Random(e.to_string()))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex::encode(&buf))
 }
 
 impl KeyStore {
@@ -175,7 +172,8 @@ impl KeyStore {
             .map(|(id, _)| id)
             .ok_or(KeyRejection::Invalid)?;
         let record = self.keys.get(id).ok_or(KeyRejection::Invalid)?;
-        let hash = sha256_hex(presented);
+        let mut hex = [0u8; 64];
+        let hash = crate::hex::encode_into(&Sha256::digest(presented.as_bytes()), &mut hex);
         if !bool::from(hash.as_bytes().ct_eq(record.sha256.as_bytes())) {
             return Err(KeyRejection::Invalid);
         }

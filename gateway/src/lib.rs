@@ -9,6 +9,7 @@ pub mod body;
 pub mod certs;
 pub mod config;
 pub mod gates;
+pub mod hex;
 pub mod keys;
 pub mod policy;
 pub mod proxy;

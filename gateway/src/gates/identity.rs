@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::AUTHORIZATION;
@@ -52,7 +52,8 @@ pub struct Identity {
     methods: Vec<IdentityMethod>,
     team_from: TeamFrom,
     keys: Arc<ArcSwap<Keys>>,
-    _watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// Kept alive for as long as the gate: dropping it stops the reloads.
+    _watcher: notify::RecommendedWatcher,
 }
 
 impl Identity {
@@ -81,7 +82,7 @@ impl Identity {
             methods: config.identity.clone(),
             team_from: config.mtls_team_from,
             keys,
-            _watcher: Mutex::new(Some(watcher)),
+            _watcher: watcher,
         }))
     }
 }

@@ -171,7 +171,7 @@ impl Bundle {
             data,
             timer,
             dir: dir.to_path_buf(),
-            sha256: hex(&hash.finalize()),
+            sha256: crate::hex::encode(&hash.finalize()),
             files: files.len(),
             tests,
         })
@@ -342,10 +342,6 @@ fn decision_from(v: &Value) -> Result<Decision, PolicyError> {
         reasons,
         obligations,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
