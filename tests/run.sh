@@ -2,6 +2,8 @@
 # Every test of the project, from a clean checkout: the README's test command, and what CI runs.
 #   1. format and lint checks   2. Rust unit + whole-gateway integration tests (nextest)
 #   2b. the Rego unit tests of the default policy bundle (lattice policy test policies)
+#   2c. the bundle's decisions in regorus (lattice policy eval) against OPA's Go engine, on a few
+#       hundred generated inputs (tests/policy, pytest in tests/.venv)
 #   3. official-SDK compatibility tests (Python openai/anthropic, Node openai/@anthropic-ai/sdk),
 #      installed by tests/sdk/setup.sh from PyPI and npm into tests/.venv and node_modules.
 set -euo pipefail
@@ -25,6 +27,10 @@ fi
 step "Rego policy tests (lattice policy test policies)"
 cargo build --locked -p lattice-gateway --bin lattice
 target/debug/lattice policy test policies
+
+step "Rego policy differential test (regorus vs OPA)"
+bash tests/sdk/setup.sh
+LATTICE_BIN="$PWD/target/debug/lattice" tests/.venv/bin/python -m pytest -q -p no:cacheprovider -rxX tests/policy
 
 if [ -f tests/sdk/run.sh ]; then
   step "official SDK tests"

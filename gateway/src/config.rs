@@ -105,6 +105,8 @@ struct RawIdentity {
     methods: Vec<IdentityMethod>,
     #[serde(default)]
     mtls: RawMtls,
+    #[serde(default)]
+    jwt: Option<RawJwt>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,6 +114,8 @@ struct RawIdentity {
 struct RawMtls {
     #[serde(default)]
     team_from: TeamFrom,
+    #[serde(default)]
+    roles_from: Vec<CertField>,
 }
 
 /// Which certificate field names the principal's team.
@@ -127,6 +131,136 @@ pub enum TeamFrom {
     SpiffePath,
 }
 
+/// A certificate field whose values become roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertField {
+    /// Every organization (O) of the subject.
+    O,
+    /// Every organizational unit (OU) of the subject.
+    Ou,
+    /// Every path segment of the SPIFFE id after the first (`spiffe://domain/team/ROLE/...`).
+    SpiffePath,
+}
+
+/// How the principal is read off a verified client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MtlsMapping {
+    pub team_from: TeamFrom,
+    pub roles_from: Vec<CertField>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default = "default_jwt_algorithms")]
+    algorithms: Vec<JwtAlgorithm>,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_secs: u64,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    #[serde(default)]
+    claims: RawClaims,
+}
+
+fn default_jwt_algorithms() -> Vec<JwtAlgorithm> {
+    vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaims {
+    #[serde(default = "default_user_claim")]
+    user: String,
+    #[serde(default = "default_team_claim")]
+    team: String,
+    #[serde(default = "default_roles_claim")]
+    roles: String,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+}
+
+impl Default for RawClaims {
+    fn default() -> RawClaims {
+        RawClaims {
+            user: default_user_claim(),
+            team: default_team_claim(),
+            roles: default_roles_claim(),
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+fn default_team_claim() -> String {
+    "team".into()
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+/// The JWT signature algorithms the gateway verifies. `none` and the algorithms a key could be
+/// confused with are never accepted; HS256 must be named explicitly (it needs a shared secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    ES256,
+    HS256,
+}
+
+/// Where the token signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS document on disk, reloaded when it changes.
+    File(PathBuf),
+    /// A JWKS endpoint, fetched at start and every `refresh` (and early, for an unknown `kid`).
+    Url(Uri),
+}
+
+/// JWT bearer tokens (OAuth2 / OIDC access or ID tokens).
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub jwks: JwksSource,
+    pub refresh: Duration,
+    pub leeway_secs: u64,
+    /// Claim paths (dotted, e.g. `realm_access.roles`) for the principal's fields.
+    pub user_claim: String,
+    pub team_claim: String,
+    pub roles_claim: String,
+    /// Principal attribute name -> claim path.
+    pub attribute_claims: BTreeMap<String, String>,
+}
+
+/// The identity gate's settings.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityConfig {
+    /// Methods in the order they are tried; empty: calls are anonymous (no identity gate).
+    pub methods: Vec<IdentityMethod>,
+    pub mtls: MtlsMapping,
+    pub jwt: Option<JwtConfig>,
+}
+
 /// A way to identify callers, tried in the configured order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,6 +269,8 @@ pub enum IdentityMethod {
     ApiKey,
     /// The verified TLS client certificate (needs `[server.tls] client_auth`).
     Mtls,
+    /// A JWT as `Authorization: Bearer` (needs `[identity.jwt]`).
+    Jwt,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,9 +418,7 @@ pub struct Config {
     pub source: PathBuf,
     /// Where keys (and later the audit log) live.
     pub data_dir: PathBuf,
-    /// Identity methods in order; empty: calls are anonymous (no identity gate).
-    pub identity: Vec<IdentityMethod>,
-    pub mtls_team_from: TeamFrom,
+    pub identity: IdentityConfig,
     /// The Rego authorization gate, when configured.
     pub authorization: Option<AuthorizationConfig>,
     pub server: ServerConfig,
@@ -562,20 +696,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         base_dir,
         &raw.data_dir.unwrap_or_else(|| PathBuf::from("lattice-data")),
     );
-    let mut identity = Vec::new();
-    for m in raw.identity.methods {
-        if identity.contains(&m) {
-            return Err(bad("identity.methods", format!("{m:?} is listed twice")));
-        }
-        identity.push(m);
-    }
-    let client_certs = tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::Off);
-    if identity.contains(&IdentityMethod::Mtls) && !client_certs {
-        return Err(bad(
-            "identity.methods",
-            "\"mtls\" needs [server.tls] with client_auth = \"optional\" or \"required\"".into(),
-        ));
-    }
+    let identity = validate_identity(raw.identity, tls.as_ref(), base_dir)?;
     let authorization = match raw.authorization {
         None => None,
         Some(a) if a.eval_timeout_ms == 0 => {
@@ -593,7 +714,6 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         source: source.to_path_buf(),
         data_dir,
         identity,
-        mtls_team_from: raw.identity.mtls.team_from,
         authorization,
         server: ServerConfig {
             listen,
@@ -609,6 +729,120 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         upstreams,
         routes,
         deny,
+    })
+}
+
+fn validate_identity(
+    raw: RawIdentity,
+    tls: Option<&TlsConfig>,
+    base_dir: &Path,
+) -> Result<IdentityConfig, Invalid> {
+    let bad = |k: &str, m: String| (k.to_string(), m);
+    let mut methods = Vec::new();
+    for m in raw.methods {
+        if methods.contains(&m) {
+            return Err(bad("identity.methods", format!("{m:?} is listed twice")));
+        }
+        methods.push(m);
+    }
+    let client_certs = tls.is_some_and(|t| t.client_auth != ClientAuth::Off);
+    if methods.contains(&IdentityMethod::Mtls) && !client_certs {
+        return Err(bad(
+            "identity.methods",
+            "\"mtls\" needs [server.tls] with client_auth = \"optional\" or \"required\"".into(),
+        ));
+    }
+    let jwt = match (raw.jwt, methods.contains(&IdentityMethod::Jwt)) {
+        (None, false) => None,
+        (None, true) => {
+            return Err(bad(
+                "identity.methods",
+                "\"jwt\" needs an [identity.jwt] section (issuer, audiences, jwks_file or jwks_url)".into(),
+            ));
+        }
+        (Some(_), false) => {
+            return Err(bad(
+                "identity.jwt",
+                "configured but not used: add \"jwt\" to identity.methods".into(),
+            ));
+        }
+        (Some(j), true) => Some(validate_jwt(j, base_dir)?),
+    };
+    Ok(IdentityConfig {
+        methods,
+        mtls: MtlsMapping {
+            team_from: raw.mtls.team_from,
+            roles_from: raw.mtls.roles_from,
+        },
+        jwt,
+    })
+}
+
+fn validate_jwt(j: RawJwt, base_dir: &Path) -> Result<JwtConfig, Invalid> {
+    let bad = |k: &str, m: &str| {
+        let key = if k.is_empty() {
+            "identity.jwt".to_string()
+        } else {
+            format!("identity.jwt.{k}")
+        };
+        (key, m.to_string())
+    };
+    if j.issuer.is_empty() {
+        return Err(bad("issuer", "must not be empty"));
+    }
+    if j.audiences.is_empty() || j.audiences.iter().any(String::is_empty) {
+        return Err(bad("audiences", "list at least one audience; none may be empty"));
+    }
+    if j.algorithms.is_empty() {
+        return Err(bad(
+            "algorithms",
+            "list at least one of \"RS256\", \"ES256\", \"HS256\"",
+        ));
+    }
+    let jwks = match (j.jwks_file, j.jwks_url) {
+        (Some(f), None) => JwksSource::File(resolve(base_dir, &f)),
+        (None, Some(u)) => {
+            JwksSource::Url(parse_base_url(&u).map_err(|m| (String::from("identity.jwt.jwks_url"), m))?)
+        }
+        _ => return Err(bad("", "set exactly one of jwks_file and jwks_url")),
+    };
+    if j.jwks_refresh_secs == 0 {
+        return Err(bad("jwks_refresh_secs", "must be greater than 0"));
+    }
+    if j.leeway_secs > 300 {
+        return Err(bad("leeway_secs", "at most 300 (clock skew, not a grace period)"));
+    }
+    let claims = j.claims;
+    let named = [
+        ("user", &claims.user),
+        ("team", &claims.team),
+        ("roles", &claims.roles),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v));
+    let attributes = claims
+        .attributes
+        .iter()
+        .map(|(k, v)| (format!("attributes.{k}"), v));
+    for (k, v) in named.chain(attributes) {
+        if v.is_empty() || v.split('.').any(str::is_empty) {
+            return Err((
+                format!("identity.jwt.claims.{k}"),
+                format!("\"{v}\" is not a claim path (names joined by dots)"),
+            ));
+        }
+    }
+    Ok(JwtConfig {
+        issuer: j.issuer,
+        audiences: j.audiences,
+        algorithms: j.algorithms,
+        jwks,
+        refresh: Duration::from_secs(j.jwks_refresh_secs),
+        leeway_secs: j.leeway_secs,
+        user_claim: claims.user,
+        team_claim: claims.team,
+        roles_claim: claims.roles,
+        attribute_claims: claims.attributes,
     })
 }
 
@@ -908,7 +1142,7 @@ mod tests {
         let text = format!("[identity]\nmethods = [\"api_key\", \"api_key\"]\n{GOOD}");
         assert!(load(&text).unwrap_err().to_string().contains("listed twice"));
         let text = format!("[identity]\nmethods = [\"api_key\"]\nmtls = {{ team_from = \"ou\" }}\n{GOOD}");
-        assert_eq!(load(&text).unwrap().mtls_team_from, TeamFrom::Ou);
+        assert_eq!(load(&text).unwrap().identity.mtls.team_from, TeamFrom::Ou);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod config;
 pub mod gates;
 pub mod hex;
+pub mod jwt;
 pub mod keys;
 pub mod policy;
 pub mod proxy;

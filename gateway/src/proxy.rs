@@ -34,6 +34,7 @@ pub struct State {
     router: Router,
     pipeline: Pipeline,
     policy: Option<Arc<PolicyStore>>,
+    jwks: Option<Arc<crate::jwt::Jwks>>,
     max_body: u64,
     body_timeout: std::time::Duration,
     models_openai: Bytes,
@@ -60,10 +61,18 @@ impl State {
                 Some(store)
             }
         };
+        // Must run inside the runtime: a JWKS URL is fetched by a task.
+        let jwks = config
+            .identity
+            .jwt
+            .as_ref()
+            .map(crate::jwt::Jwks::start)
+            .transpose()?;
         Ok(State {
             router,
-            pipeline: Pipeline::from_config(config, policy.clone())?,
+            pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone())?,
             policy,
+            jwks,
             max_body: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             models_openai,
@@ -73,6 +82,11 @@ impl State {
 
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    /// The JWT signing keys, when `[identity.jwt]` is configured.
+    pub fn jwks(&self) -> Option<&Arc<crate::jwt::Jwks>> {
+        self.jwks.as_ref()
     }
 }
 
@@ -222,6 +236,33 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// `/readyz`: ready, with the state of the live stores. Still ready when a reload was refused
+/// (the previous policy or keys decide), but the detail says so; not ready (503) while no JWT
+/// signing key has loaded, as no token could be checked.
+fn readiness(state: &State) -> (StatusCode, Bytes) {
+    if state.policy.is_none() && state.jwks.is_none() {
+        return (StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}"));
+    }
+    let mut status = StatusCode::OK;
+    let mut detail = serde_json::json!({"status": "ready"});
+    if let Some(p) = &state.policy {
+        let b = p.current();
+        detail["policy"] = serde_json::json!({"sha256": b.sha256(), "engine": b.engine_name(),
+                                              "reload_error": p.last_error().as_deref()});
+    }
+    if let Some(j) = &state.jwks {
+        let keys = j.current();
+        if keys.is_none() {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            detail["status"] = "not ready".into();
+        }
+        detail["jwks"] = serde_json::json!({"sha256": keys.as_ref().map(|k| k.sha256()),
+                                            "keys": keys.as_ref().map_or(0, |k| k.len()),
+                                            "reload_error": j.last_error().as_deref()});
+    }
+    (status, Bytes::from(detail.to_string()))
+}
+
 /// Serves one request. Never fails: every problem becomes a response in the client's dialect.
 pub async fn handle(
     state: Arc<State>,
@@ -256,21 +297,8 @@ pub async fn handle(
             );
         }
         Ok(Endpoint::Ready) => {
-            // Still ready when a policy reload was refused (the previous bundle decides), but
-            // the detail says so.
-            let body = match &state.policy {
-                None => Bytes::from_static(b"{\"status\":\"ready\"}"),
-                Some(p) => {
-                    let b = p.current();
-                    let detail = serde_json::json!({
-                        "status": "ready",
-                        "policy": {"sha256": b.sha256(), "engine": b.engine_name(),
-                                   "reload_error": p.last_error().as_deref()},
-                    });
-                    Bytes::from(detail.to_string())
-                }
-            };
-            return plain(StatusCode::OK, "application/json", body, rid, log);
+            let (status, body) = readiness(&state);
+            return plain(status, "application/json", body, rid, log);
         }
         Ok(Endpoint::Models) => {
             let list = match dialect {

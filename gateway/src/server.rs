@@ -55,6 +55,16 @@ impl Server {
             file: file.clone(),
             message,
         })?;
+        // A JWKS URL gets a few seconds to answer before the listener opens, so a healthy
+        // start is ready at once; past that, tokens are refused (503) until it answers.
+        if let Some(jwks) = state.jwks()
+            && !jwks.wait_loaded(Duration::from_secs(5)).await
+        {
+            tracing::error!(
+                error = ?jwks.last_error().as_deref(),
+                "no JWT signing keys yet; bearer tokens are refused until the JWKS loads"
+            );
+        }
         let tls = match &config.server.tls {
             None => None,
             Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(t).map_err(

@@ -158,7 +158,7 @@ impl HttpTarget {
     }
 }
 
-fn build_client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
+pub(crate) fn build_client(connect_timeout: Duration) -> Result<HttpClient, rustls::Error> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));

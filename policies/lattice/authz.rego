@@ -8,12 +8,29 @@ team := data.lattice.teams[input.principal.team]
 
 is_admin if data.lattice.admin_role in input.principal.roles
 
+# The principal's team as a string ("" when absent or not a string). Read through this rule, not
+# object.get or sprintf on input.principal: on a null principal those raise an error in OPA but
+# are undefined in regorus, and an undefined reason would let the call through.
+team_name := t if {
+	t := input.principal.team
+	is_string(t)
+} else := ""
+
 # --- Denials: each rule adds a reason; any reason denies. ---------------------------------
 
+# An anonymous call (no identity gate configured, or a caller from a test harness) is denied:
+# every rule below decides about a principal.
+reasons contains "the call has no identified principal" if not has_principal
+
+# A helper rule, not `not is_object(input.principal)`: with no principal field at all, OPA and
+# regorus disagree on a negated call whose argument is undefined; a negated rule they agree on.
+has_principal if is_object(input.principal)
+
 reasons contains msg if {
+	has_principal
 	not is_admin
 	not team
-	msg := sprintf("team %q has no access to models", [object.get(input.principal, "team", "")])
+	msg := sprintf("team %q has no access to models", [team_name])
 }
 
 # Role-based model access: a team may call the models it lists: exact names, or prefixes ending

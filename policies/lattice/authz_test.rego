@@ -65,3 +65,22 @@ test_business_hours_rule if {
 test_other_teams_ignore_business_hours if {
 	authz.decision.allow with input as call("research", [], "demo", [], weekend)
 }
+
+# Fail closed on inputs without a usable principal (a null principal used to be an allow in
+# regorus: the differential test against OPA found it).
+test_anonymous_call_is_denied if {
+	d := authz.decision with input as object.union(call("research", [], "demo", [], weekday), {"principal": null})
+	not d.allow
+	d.reasons == {"the call has no identified principal"}
+}
+
+test_missing_principal_is_denied if {
+	d := authz.decision with input as object.remove(call("research", [], "demo", [], weekday), {"principal"})
+	not d.allow
+}
+
+test_null_team_is_denied if {
+	d := authz.decision with input as call(null, [], "demo", [], weekday)
+	not d.allow
+	d.reasons == {"team \"\" has no access to models"}
+}

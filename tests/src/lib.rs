@@ -534,3 +534,58 @@ pub async fn send_tls(
 }
 
 pub const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#;
+
+// ---------------------------------------------------------------------------------------------
+// A one-document HTTP server (a JWKS endpoint in the identity tests).
+
+pub struct DocServer {
+    pub addr: SocketAddr,
+    /// The status and body every GET answers with; replace it to change the document.
+    pub doc: Arc<Mutex<(StatusCode, Bytes)>>,
+    pub hits: Arc<AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl DocServer {
+    pub async fn start(status: StatusCode, body: impl Into<Bytes>) -> DocServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let doc = Arc::new(Mutex::new((status, body.into())));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (d, h) = (doc.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = tokio::select! {
+                    _ = &mut stopped => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let (d, h) = (d.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<Incoming>| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = d.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(body))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        DocServer {
+            addr,
+            doc,
+            hits,
+            _stop: stop,
+        }
+    }
+}

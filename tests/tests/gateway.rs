@@ -981,6 +981,7 @@ allow if {
 	input.principal.id == "spiffe://lattice.local/client/client"
 	input.principal.user == "client"
 	input.principal.team == "Lattice development"
+	input.principal.roles == ["client"]
 }
 reasons contains sprintf("user %q may not call", [input.principal.user]) if not allow
 decision := {"allow": allow, "reasons": reasons, "obligations": {}}
@@ -989,7 +990,7 @@ decision := {"allow": allow, "reasons": reasons, "obligations": {}}
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let cfg = format!(
-        "data_dir = \"{}\"\n[identity]\nmethods = [\"mtls\"]\n[authorization]\npolicy_dir = \"{}\"\n{}",
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"mtls\"]\nmtls = {{ roles_from = [\"spiffe_path\"] }}\n[authorization]\npolicy_dir = \"{}\"\n{}",
         data.path().display(),
         pol.path().display(),
         tls_config(up.addr, certs.path(), "required")
@@ -1018,4 +1019,310 @@ decision := {"allow": allow, "reasons": reasons, "obligations": {}}
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(r.json()["error"]["message"], "user \"agent-2\" may not call");
     assert_eq!(up.recorded().len(), 1);
+}
+
+// ------------------------------------------------------------------------------ JWT identity
+
+/// Test signing keys: the RSA fixture (`kid` rsa-1) and a fresh P-256 key (`kid` ec-1).
+struct Signer {
+    rsa: jsonwebtoken::EncodingKey,
+    ec: jsonwebtoken::EncodingKey,
+    ec_jwk: serde_json::Value,
+}
+
+impl Signer {
+    fn new(ec_kid: &str) -> Signer {
+        use base64::Engine;
+        use rustls_pki_types::pem::PemObject;
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt");
+        let rsa = rustls_pki_types::PrivatePkcs1KeyDer::from_pem_file(fixtures.join("rs256.key")).unwrap();
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = ec.public_key_raw(); // 0x04 || x || y
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        Signer {
+            rsa: jsonwebtoken::EncodingKey::from_rsa_der(rsa.secret_pkcs1_der()),
+            ec: jsonwebtoken::EncodingKey::from_ec_der(&ec.serialize_der()),
+            ec_jwk: serde_json::json!({"kty": "EC", "crv": "P-256", "kid": ec_kid, "use": "sig",
+                "x": b64(&point[1..33]), "y": b64(&point[33..65])}),
+        }
+    }
+
+    fn rsa_jwk() -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt/rs256.jwk.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn jwks(keys: &[&serde_json::Value]) -> String {
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    fn sign(&self, alg: jsonwebtoken::Algorithm, kid: &str, claims: &serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(alg);
+        h.kid = Some(kid.into());
+        let key = match alg {
+            jsonwebtoken::Algorithm::RS256 => &self.rsa,
+            _ => &self.ec,
+        };
+        jsonwebtoken::encode(&h, claims, key).unwrap()
+    }
+}
+
+fn claims(team: &str, f: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+    let now = lattice_gateway::keys::now_secs();
+    let mut c = serde_json::json!({"iss": "https://idp.test", "aud": "lattice", "sub": "user-17",
+        "email": "ana@example.com", "groups": [team], "exp": now + 600, "iat": now});
+    f(&mut c);
+    c
+}
+
+const JWT_POLICY: &str = r#"package lattice.authz
+import rego.v1
+default allow := false
+allow if {
+	input.principal.kind in {"jwt", "api_key"}
+	input.principal.team == "research"
+}
+reasons contains sprintf("team %q may not call (user %q)", [input.principal.team, input.principal.user]) if not allow
+decision := {"allow": allow, "reasons": reasons, "obligations": {}}
+"#;
+
+fn jwt_config(up: std::net::SocketAddr, data: &std::path::Path, pol: &std::path::Path, jwks: &str) -> String {
+    format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"jwt\", \"api_key\"]\n[identity.jwt]\nissuer = \"https://idp.test\"\naudiences = [\"lattice\"]\n{jwks}\n[identity.jwt.claims]\nuser = \"email\"\nteam = \"groups\"\n[authorization]\npolicy_dir = \"{}\"\n{}",
+        data.display(),
+        pol.display(),
+        config(up, "", "")
+    )
+}
+
+#[tokio::test]
+async fn jwt_bearer_tokens_from_a_jwks_url_identify_callers() {
+    use jsonwebtoken::Algorithm::{ES256, HS256, RS256};
+    let up = MockUpstream::start(Behavior::default()).await;
+    let signer = Signer::new("ec-1");
+    let idp = DocServer::start(
+        StatusCode::OK,
+        Signer::jwks(&[&Signer::rsa_jwk(), &signer.ec_jwk]),
+    )
+    .await;
+    let (data, pol) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(pol.path().join("p.rego"), JWT_POLICY).unwrap();
+    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let (_, api_key) = store.create("bo", "research", &[], None).unwrap();
+    let url = format!("jwks_url = \"http://{}/jwks.json\"", idp.addr);
+    let gw = TestGateway::start(&jwt_config(up.addr, data.path(), pol.path(), &url)).await;
+    let call = |token: &str| chat(&[("authorization", &format!("Bearer {token}"))], CHAT);
+
+    // RS256 and ES256 tokens are accepted; the principal reaches the policy.
+    for alg in [RS256, ES256] {
+        let kid = if alg == RS256 { "rsa-1" } else { "ec-1" };
+        let r = send(gw.addr, call(&signer.sign(alg, kid, &claims("research", |_| {})))).await;
+        assert_eq!(r.status, StatusCode::OK, "{alg:?}: {}", r.text());
+    }
+    let support = signer.sign(ES256, "ec-1", &claims("support", |_| {}));
+    let r = send(gw.addr, call(&support)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["message"],
+        "team \"support\" may not call (user \"ana@example.com\")"
+    );
+    // The same token again: a cache hit decides the same.
+    assert_eq!(send(gw.addr, call(&support)).await.status, StatusCode::FORBIDDEN);
+    // An API key still works beside JWTs, in either header.
+    let r = send(gw.addr, messages(&[("x-api-key", &api_key)], MSG)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(send(gw.addr, call(&api_key)).await.status, StatusCode::OK);
+
+    let tampered = {
+        use base64::Engine;
+        let good = signer.sign(RS256, "rsa-1", &claims("support", |_| {}));
+        let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+        let forged = claims("research", |_| {}).to_string();
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
+        parts.join(".")
+    };
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(HS256),
+        &claims("research", |_| {}),
+        &jsonwebtoken::EncodingKey::from_secret(b"guessable"),
+    )
+    .unwrap();
+    let cases = [
+        (
+            signer.sign(
+                RS256,
+                "rsa-1",
+                &claims("research", |c| c["exp"] = 1_000_000.into()),
+            ),
+            "expired_token",
+            "expired",
+        ),
+        (
+            signer.sign(
+                ES256,
+                "ec-1",
+                &claims("research", |c| c["iss"] = "https://evil.test".into()),
+            ),
+            "invalid_token",
+            "issuer",
+        ),
+        (
+            signer.sign(
+                ES256,
+                "ec-1",
+                &claims("research", |c| c["aud"] = "another-api".into()),
+            ),
+            "invalid_token",
+            "audience",
+        ),
+        (
+            signer.sign(ES256, "ec-2", &claims("research", |_| {})),
+            "invalid_token",
+            "unknown key",
+        ),
+        (tampered, "invalid_token", "signature"),
+        (hs, "invalid_token", "algorithm"),
+    ];
+    for (token, code, says) in cases {
+        let r = send(gw.addr, call(&token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{says}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], code, "{says}");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{says}: {message}");
+        assert!(
+            !r.text().contains(&token[token.len() - 20..]),
+            "the error must not echo the token"
+        );
+    }
+    let r = send(gw.addr, messages(&[], MSG)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("JWT"));
+
+    // Only the calls that passed reached the upstream, never with the caller's token.
+    assert_eq!(up.recorded().len(), 4);
+    for seen in up.recorded() {
+        let all = format!("{:?}", seen.headers);
+        assert!(
+            !all.contains("eyJ") && !all.contains(&api_key[16..]),
+            "a caller credential reached the upstream: {all}"
+        );
+    }
+    let ready = send(gw.addr, request(Method::GET, "/readyz", &[], "")).await;
+    assert_eq!(ready.json()["jwks"]["keys"], 2, "{}", ready.text());
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_file_takes_effect_without_a_restart() {
+    use jsonwebtoken::Algorithm::ES256;
+    let up = MockUpstream::start(Behavior::default()).await;
+    let (old, new) = (Signer::new("k-old"), Signer::new("k-new"));
+    let (data, pol, keys) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    std::fs::write(pol.path().join("p.rego"), JWT_POLICY).unwrap();
+    let jwks = keys.path().join("jwks.json");
+    std::fs::write(&jwks, Signer::jwks(&[&old.ec_jwk])).unwrap();
+    let file = format!("jwks_file = \"{}\"", jwks.display());
+    let gw = TestGateway::start(&jwt_config(up.addr, data.path(), pol.path(), &file)).await;
+    let call = |token: &str| chat(&[("authorization", &format!("Bearer {token}"))], CHAT);
+    let (old_token, new_token) = (
+        old.sign(ES256, "k-old", &claims("research", |_| {})),
+        new.sign(ES256, "k-new", &claims("research", |_| {})),
+    );
+    assert_eq!(send(gw.addr, call(&old_token)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(gw.addr, call(&new_token)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The issuer rotates: the new key replaces the old one (written then renamed, as tools do).
+    let tmp = keys.path().join(".jwks.json.tmp");
+    std::fs::write(&tmp, Signer::jwks(&[&new.ec_jwk])).unwrap();
+    std::fs::rename(&tmp, &jwks).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while send(gw.addr, call(&new_token)).await.status != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated key was not accepted within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old token was cached as verified; the cache must not outlive its key.
+    let r = send(gw.addr, call(&old_token)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+
+    // A broken JWKS edit keeps the keys in force and is reported on /readyz.
+    std::fs::write(&tmp, "{\"keys\": [").unwrap();
+    std::fs::rename(&tmp, &jwks).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let ready = send(gw.addr, request(Method::GET, "/readyz", &[], "")).await;
+        if !ready.json()["jwks"]["reload_error"].is_null() {
+            assert_eq!(ready.status, StatusCode::OK);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken JWKS was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(send(gw.addr, call(&new_token)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_signing_keys_tokens_are_refused_not_let_through() {
+    use jsonwebtoken::Algorithm::ES256;
+    let up = MockUpstream::start(Behavior::default()).await;
+    let signer = Signer::new("ec-1");
+    // The identity provider answers 500: no key set ever loads.
+    let idp = DocServer::start(StatusCode::INTERNAL_SERVER_ERROR, "{}").await;
+    let (data, pol) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(pol.path().join("p.rego"), JWT_POLICY).unwrap();
+    let url = format!("jwks_url = \"http://{}/jwks.json\"", idp.addr);
+    let gw = TestGateway::start(&jwt_config(up.addr, data.path(), pol.path(), &url)).await;
+    let token = signer.sign(ES256, "ec-1", &claims("research", |_| {}));
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {token}"))], CHAT),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "identity_unavailable");
+    let ready = send(gw.addr, request(Method::GET, "/readyz", &[], "")).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.text());
+    assert!(
+        ready.json()["jwks"]["reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+    assert!(idp.hits.load(Ordering::SeqCst) >= 1);
+
+    // The provider recovers: the next fetch (within MIN_REFETCH of the failure) loads the keys.
+    *idp.doc.lock().unwrap() = (StatusCode::OK, Signer::jwks(&[&signer.ec_jwk]).into());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = send(
+            gw.addr,
+            chat(&[("authorization", &format!("Bearer {token}"))], CHAT),
+        )
+        .await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the keys did not load after the provider recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        up.recorded().len() == 1,
+        "only the call after the keys loaded reached the upstream"
+    );
 }

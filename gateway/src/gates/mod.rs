@@ -92,13 +92,16 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `policy` and `jwks` are the live stores the gates read (started by the caller, which also
+    /// reports their state on `/readyz`).
     pub fn from_config(
         config: &Config,
         policy: Option<Arc<crate::policy::store::PolicyStore>>,
+        jwks: Option<Arc<crate::jwt::Jwks>>,
     ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
-        if let Some(g) = identity::Identity::from_config(config)? {
+        if let Some(g) = identity::Identity::from_config(config, jwks)? {
             gates.push(Box::new(g));
         }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.

@@ -99,7 +99,8 @@ export const LONG_PROMPT =
 export const SHORT_PROMPT = 'Say hello to the SDK suite';
 
 // ---- processes ----------------------------------------------------------------
-function startLattice(name, configPath, workdir) {
+/** Start `lattice serve --config configPath` in workdir; resolves once it prints its listening line. */
+export function startLattice(name, configPath, workdir) {
   const stderrPath = path.join(workdir, `${name}.stderr.log`);
   const stderrFile = createWriteStream(stderrPath);
   const child = spawn(LATTICE_BIN, ['serve', '--config', configPath], {
@@ -163,7 +164,7 @@ function startLattice(name, configPath, workdir) {
   });
 }
 
-function stopProcess(proc) {
+export function stopProcess(proc) {
   const { child } = proc;
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
