@@ -15,6 +15,10 @@ use lattice_gateway::{Config, Server, certs, keys, policy, telemetry};
     about = "Lattice: the governance gateway for AI agents"
 )]
 struct Cli {
+    /// The gateway's data directory (API keys, later the audit log). Default: LATTICE_DATA_DIR,
+    /// then the config file's `data_dir`, then ./lattice-data.
+    #[arg(long, global = true, env = "LATTICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,14 +43,10 @@ enum Command {
     },
     /// Gateway API keys (stored only as SHA-256 hashes in the data dir).
     Keys {
-        /// The gateway's data directory.
-        #[arg(
-            long,
-            global = true,
-            env = "LATTICE_DATA_DIR",
-            default_value = "./lattice-data"
-        )]
-        data_dir: PathBuf,
+        /// Take the data dir from this config file (when neither --data-dir nor
+        /// LATTICE_DATA_DIR is given), so the keys land where that gateway reads them.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: KeysCommand,
     },
@@ -121,9 +121,10 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let data_dir = cli.data_dir;
     match cli.command {
-        Command::Serve { config } => serve(config),
-        Command::Check { config } => match Config::load(&config) {
+        Command::Serve { config } => serve(config, data_dir),
+        Command::Check { config } => match load_config(&config, data_dir) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
@@ -131,7 +132,17 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Policy { command } => policy_command(command),
-        Command::Keys { data_dir, command } => keys_command(&data_dir, command),
+        Command::Keys { config, command } => {
+            let dir = match (data_dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => match Config::load(&c) {
+                    Ok(c) => c.data_dir,
+                    Err(e) => return fail(e),
+                },
+                (None, None) => PathBuf::from("./lattice-data"),
+            };
+            keys_command(&dir, command)
+        }
         Command::Certs { command } => {
             let written = match command {
                 CertsCommand::Init { dir, force } => certs::init(&dir, force),
@@ -307,8 +318,20 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+/// The config file, with `--data-dir` / LATTICE_DATA_DIR in place of its `data_dir`.
+fn load_config(
+    path: &std::path::Path,
+    data_dir: Option<PathBuf>,
+) -> Result<Config, lattice_gateway::config::ConfigError> {
+    let mut config = Config::load(path)?;
+    if let Some(d) = data_dir {
+        config.data_dir = d;
+    }
+    Ok(config)
+}
+
+fn serve(path: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(&path, data_dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -323,6 +346,7 @@ fn serve(path: PathBuf) -> ExitCode {
             Err(e) => return fail(e),
         };
         let shutdown = shutdown_signal();
+        reload_on_hangup(server.state());
         tracing::info!(
             addr = %server.local_addr(),
             tls = server.scheme() == "https",
@@ -341,6 +365,30 @@ fn serve(path: PathBuf) -> ExitCode {
         tracing::info!("lattice stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP reloads the policy bundle (as a change of its files does), off the request path.
+/// Registered before readiness is announced: SIGHUP's default action would end the process.
+fn reload_on_hangup(state: std::sync::Arc<lattice_gateway::proxy::State>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let state = state.clone();
+                        let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; policy reloads follow file changes only")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 /// Registers SIGTERM and SIGINT handlers now (they must exist before readiness is announced:

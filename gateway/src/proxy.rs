@@ -84,6 +84,17 @@ impl State {
         &self.pipeline
     }
 
+    /// Reloads the policy bundle now, as a change of its files would (SIGHUP). Blocking: it
+    /// compiles the bundle and runs its tests, so call it off the runtime's worker threads.
+    pub fn reload(&self) {
+        tracing::info!("reload requested (SIGHUP)");
+        match &self.policy {
+            // The store logs the outcome: the new bundle's hash, or the error and the bundle kept.
+            Some(p) => drop(p.reload()),
+            None => tracing::info!("no policy bundle is configured; nothing to reload"),
+        }
+    }
+
     /// The JWT signing keys, when `[identity.jwt]` is configured.
     pub fn jwks(&self) -> Option<&Arc<crate::jwt::Jwks>> {
         self.jwks.as_ref()
@@ -332,6 +343,7 @@ pub async fn handle(
     let mut call = Call {
         view: &view,
         headers: &parts.headers,
+        path: parts.uri.path(),
         conn: &conn,
         request_id: rid.to_str().unwrap_or("-"),
         route: route.map(|r| &**r),

@@ -112,6 +112,11 @@ impl Server {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// The request state, for reloads from outside the request path (SIGHUP).
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
     pub fn gate_names(&self) -> Vec<&'static str> {
         self.state.pipeline().names().collect()
     }

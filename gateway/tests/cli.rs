@@ -1191,3 +1191,93 @@ fn keys_create_list_revoke() {
     assert_eq!(done.status.code(), Some(2));
     assert!(done.stderr.contains("--expires"), "{}", done.stderr);
 }
+
+/// `curl` a chat completion for `model` at `port` with an optional gateway key.
+fn chat_as(port: u16, key: Option<&str>, model: &str) -> CurlOut {
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}]}}"#);
+    let auth = key.map(|k| format!("authorization: Bearer {k}"));
+    let mut args = vec![
+        url.as_str(),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body.as_str(),
+    ];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
+    }
+    curl(&args)
+}
+
+#[test]
+fn shipped_quickstart_works_as_the_readme_says() {
+    // `lattice serve --config deploy/quickstart.toml`, then `lattice keys create --config
+    // deploy/quickstart.toml --team research --user me` beside it (LATTICE_DATA_DIR keeps the
+    // test's keys out of the repository; it overrides the config's data_dir for both).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().to_str().expect("utf-8");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/quickstart.toml");
+    let env = [
+        ("LATTICE_LISTEN", Some("127.0.0.1:0")),
+        ("LATTICE_DATA_DIR", Some(data)),
+        ("LATTICE_POLICY_DIR", None),
+        ("LATTICE_LOG_FORMAT", None),
+    ];
+    let s = serve_with(&shipped, &env);
+    let keys = |team: &str| {
+        let mut cmd = lattice();
+        cmd.args(["keys", "create", "--config"]).arg(&shipped);
+        cmd.args(["--team", team, "--user", "me"])
+            .env("LATTICE_DATA_DIR", data);
+        let done = Proc::spawn(&mut cmd).finish(EXIT_TIMEOUT, "lattice keys create");
+        assert!(done.status.success(), "{}", done.stderr);
+        done.stdout.lines().last().unwrap_or_default().to_string()
+    };
+    let (research, support) = (keys("research"), keys("support"));
+
+    // The key is picked up by the running gateway, no restart.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let ok = loop {
+        let out = chat_as(s.port(), Some(&research), "demo");
+        if out.code == "200" || Instant::now() >= deadline {
+            break out;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_ok_chat(&ok, "quickstart with a research key");
+    let none = chat_as(s.port(), None, "demo");
+    assert_eq!(none.code, "401", "{}", none.response);
+    assert!(none.response.contains("missing_credential"), "{}", none.response);
+    // Denied by the default policy before any upstream is contacted (no network needed).
+    let denied = chat_as(s.port(), Some(&support), "gpt-4o");
+    assert_eq!(denied.code, "403", "{}", denied.response);
+    assert!(
+        denied
+            .response
+            .contains(r#"team \"support\" may not use model \"gpt-4o\""#),
+        "{}",
+        denied.response
+    );
+
+    // SIGHUP reloads the policy and does not end the process (its default action would).
+    let hup = Command::new("kill")
+        .args(["-HUP", &s.proc.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while chat_as(s.port(), Some(&research), "demo").code != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway stopped serving after SIGHUP"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let done = s.stop();
+    assert!(
+        done.stderr.contains("reload requested (SIGHUP)"),
+        "no SIGHUP reload in the log:\n{}",
+        done.stderr
+    );
+}

@@ -905,6 +905,7 @@ mod tests {
             stream: true,
             include_usage: false,
             max_tokens: None,
+            tools: Vec::new(),
         };
         for body in [&b"[1]"[..], b"\"text\"", b"{not json", b""] {
             let reply = respond(&view, body, &MockOptions::default());

@@ -70,6 +70,9 @@ pub struct CallView<'a> {
     pub include_usage: bool,
     /// `max_tokens` (or OpenAI's `max_completion_tokens`), when given.
     pub max_tokens: Option<u64>,
+    /// The names of the tools offered to the model, in request order: OpenAI
+    /// `tools[].function.name`, Anthropic `tools[].name` (else a tool's `type`).
+    pub tools: Vec<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +109,31 @@ struct Raw<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default, borrow)]
+    tools: Option<Vec<RawTool<'a>>>,
 }
+
+/// One entry of `tools`, in either dialect; everything but the names is skipped unparsed.
+#[derive(Deserialize)]
+struct RawTool<'a> {
+    #[serde(default, borrow)]
+    name: Option<Name<'a>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Name<'a>>,
+    #[serde(default, borrow)]
+    function: Option<RawFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawFunction<'a> {
+    #[serde(default, borrow)]
+    name: Option<Name<'a>>,
+}
+
+/// A string borrowed from the body unless it has escapes (serde borrows a `Cow` only when it is
+/// a field's whole type, not inside an `Option`).
+#[derive(Deserialize)]
+struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 struct StreamOptions {
@@ -136,6 +163,13 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
         stream: raw.stream.unwrap_or(false),
         include_usage: raw.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         max_tokens: raw.max_tokens.or(raw.max_completion_tokens),
+        tools: raw
+            .tools
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| t.function.and_then(|f| f.name).or(t.name).or(t.kind))
+            .map(|n| n.0)
+            .collect(),
     })
 }
 
@@ -153,6 +187,30 @@ mod tests {
         assert_eq!(&body[v.model_span.clone()], br#""gpt-4o""#);
         assert!(v.stream && v.include_usage);
         assert_eq!(v.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn tool_names_in_both_dialects() {
+        let openai = br#"{"model":"m","tools":[{"type":"function","function":{"name":"web_search",
+            "parameters":{"type":"object","properties":{"q":{"type":"string"}}}}},
+            {"type":"function","function":{"name":"calc\u0075lator"}}]}"#;
+        let v = parse(Surface::ChatCompletions, openai).expect("valid");
+        assert_eq!(v.tools, ["web_search", "calculator"]);
+        assert!(matches!(v.tools[0], Cow::Borrowed(_)));
+        let anthropic = br#"{"model":"m","tools":[{"name":"get_weather","input_schema":{}},
+            {"type":"web_search_20250305","name":"web_search"},{"type":"bash_20250124"}]}"#;
+        let v = parse(Surface::Messages, anthropic).expect("valid");
+        assert_eq!(v.tools, ["get_weather", "web_search", "bash_20250124"]);
+        assert!(
+            parse(Surface::Messages, br#"{"model":"m"}"#)
+                .expect("valid")
+                .tools
+                .is_empty()
+        );
+        assert!(matches!(
+            parse(Surface::Messages, br#"{"model":"m","tools":{"name":"x"}}"#),
+            Err(ViewError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -812,6 +812,28 @@ async fn rego_decides_and_its_obligations_are_enforced() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "upstream says hi");
     assert_eq!(&up.last().body[..], br#"{"model":"gpt-4o-mini","messages":[]}"#);
 
+    // The tools a request offers reach the policy (input.request.tools), in both dialects.
+    let with_tool = r#"{"model":"gpt-4o","messages":[],"tools":[{"type":"function","function":{"name":"web_search","parameters":{}}},{"type":"function","function":{"name":"shell"}}]}"#;
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {research}"))], with_tool),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["message"],
+        "tool \"shell\" is not allowed for team \"research\""
+    );
+    let r = send(
+        gw.addr,
+        messages(
+            &[("x-api-key", &research)],
+            r#"{"model":"claude-x","max_tokens":5,"messages":[],"tools":[{"name":"calculator","input_schema":{}}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
     let ready = send(gw.addr, request(Method::GET, "/readyz", &[], ""))
         .await
         .json();

@@ -52,6 +52,8 @@ pub struct Principal {
 pub struct Call<'a> {
     pub view: &'a CallView<'a>,
     pub headers: &'a HeaderMap,
+    /// The request's path (the surface's; the query string is not part of it).
+    pub path: &'a str,
     pub conn: &'a ConnInfo,
     pub request_id: &'a str,
     /// The route the model resolves to, if any. Resolved before the gates because policy reads
