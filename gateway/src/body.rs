@@ -138,6 +138,10 @@ pub struct AccessLog {
     pub upstream: Option<std::sync::Arc<str>>,
     /// The denying gate, or where an error came from (`downstream`, `upstream`, `internal`).
     pub reason: Option<&'static str>,
+    /// The caller, once the identity gate named one.
+    pub principal: Option<std::sync::Arc<crate::gates::Principal>>,
+    /// The SHA-256 of the policy bundle that decided the call.
+    pub policy: Option<std::sync::Arc<str>>,
     pub bytes: u64,
     pub outcome: Outcome,
 }
@@ -162,6 +166,9 @@ impl Drop for AccessLog {
             model: self.model.as_deref().unwrap_or("-"),
             upstream: self.upstream.as_deref().unwrap_or("-"),
             reason: self.reason.unwrap_or("-"),
+            principal: self.principal.as_ref().map_or("-", |p| p.id.as_str()),
+            // The first 12 hex digits name a bundle, as a short git hash names a commit.
+            policy: self.policy.as_deref().map_or("-", |s| s.get(..12).unwrap_or(s)),
             latency_ms: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             bytes: self.bytes,
             outcome: self.outcome.as_str(),

@@ -181,6 +181,13 @@ impl Jwks {
         Ok(jwks)
     }
 
+    /// A fixed key set from a JWKS document, never reloaded (tests, benchmarks, embedding).
+    pub fn from_document(bytes: &[u8], config: &JwtConfig) -> Result<Arc<Jwks>, String> {
+        let jwks = Jwks::empty(config.algorithms.iter().copied().map(algorithm).collect());
+        jwks.install(KeySet::parse(bytes, &jwks.allowed)?);
+        Ok(Arc::new(jwks))
+    }
+
     fn empty(allowed: Vec<Algorithm>) -> Jwks {
         Jwks {
             allowed,
@@ -275,6 +282,7 @@ async fn fetch_loop(
 ) {
     loop {
         let Some(j) = jwks.upgrade() else { return };
+        let fetched = tokio::time::Instant::now();
         let wait = match fetch(&client, &uri, &j.allowed).await {
             Ok(set) => {
                 j.install(set);
@@ -288,12 +296,10 @@ async fn fetch_loop(
         // Hold no strong reference while waiting, so dropping the gateway ends the loop.
         let refetch = j.refetch.clone();
         drop(j);
-        let kicked = tokio::select! {
-            _ = tokio::time::sleep(wait) => false,
-            _ = refetch.notified() => true,
-        };
-        if kicked {
-            tokio::time::sleep(MIN_REFETCH).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // An unknown `kid`: fetch now, unless the last fetch was less than MIN_REFETCH ago.
+            _ = refetch.notified() => tokio::time::sleep_until(fetched + MIN_REFETCH).await,
         }
     }
 }
@@ -542,10 +548,7 @@ mod tests {
 
     fn verifier(algorithms: Vec<JwtAlgorithm>, jwks: &[u8]) -> JwtVerifier {
         let c = config(algorithms);
-        let allowed: Vec<Algorithm> = c.algorithms.iter().copied().map(algorithm).collect();
-        let j = Arc::new(Jwks::empty(allowed.clone()));
-        j.install(KeySet::parse(jwks, &allowed).unwrap());
-        JwtVerifier::new(&c, j)
+        JwtVerifier::new(&c, Jwks::from_document(jwks, &c).unwrap())
     }
 
     fn token(kid: &str, claims: Value) -> String {

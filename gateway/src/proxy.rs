@@ -292,6 +292,8 @@ pub async fn handle(
         model: None,
         upstream: None,
         reason: None,
+        principal: None,
+        policy: None,
         bytes: 0,
         outcome: Outcome::Complete,
     });
@@ -349,8 +351,13 @@ pub async fn handle(
         route: route.map(|r| &**r),
         principal: None,
         model_override: None,
+        policy_sha256: None,
     };
-    if let Err(d) = state.pipeline.check(&mut call) {
+    let checked = state.pipeline.check(&mut call);
+    // Who called and which policy decided, allowed or not.
+    log.principal = call.principal.clone();
+    log.policy = call.policy_sha256.take();
+    if let Err(d) = checked {
         return reject(Rejection::Denied(d), dialect, rid, log);
     }
     // A policy's `model` obligation: the call goes where that model routes, under that name.

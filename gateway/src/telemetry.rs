@@ -109,6 +109,11 @@ pub struct AccessRecord<'a> {
     pub model: &'a str,
     pub upstream: &'a str,
     pub reason: &'a str,
+    /// The caller's principal id (a key id, a SPIFFE id or subject, a token's `sub`); never a
+    /// credential.
+    pub principal: &'a str,
+    /// The deciding policy bundle (the first 12 hex digits of its SHA-256).
+    pub policy: &'a str,
     #[serde(serialize_with = "micros_as_ms")]
     pub latency_ms: u64,
     pub bytes: u64,
@@ -150,7 +155,8 @@ pub fn access(r: &AccessRecord<'_>) {
         tracing::info!(
             target: "lattice::access",
             request_id = r.request_id, method = r.method, path = r.path, status = r.status,
-            model = r.model, upstream = r.upstream, reason = r.reason, latency_us = r.latency_ms,
+            model = r.model, upstream = r.upstream, reason = r.reason, principal = r.principal,
+            policy = r.policy, latency_us = r.latency_ms,
             bytes = r.bytes, outcome = r.outcome,
         );
         return;
@@ -181,6 +187,10 @@ pub fn access(r: &AccessRecord<'_>) {
             value(buf, r.upstream);
             buf.extend_from_slice(b" reason=");
             value(buf, r.reason);
+            buf.extend_from_slice(b" principal=");
+            value(buf, r.principal);
+            buf.extend_from_slice(b" policy=");
+            value(buf, r.policy);
             let _ = write!(
                 buf,
                 " latency_ms={}.{:03} bytes={} outcome={}",

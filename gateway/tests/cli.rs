@@ -1280,4 +1280,13 @@ fn shipped_quickstart_works_as_the_readme_says() {
         "no SIGHUP reload in the log:\n{}",
         done.stderr
     );
+    // The access line names the caller (its key id, never the key) and the deciding bundle.
+    let line = done
+        .stderr
+        .lines()
+        .find(|l| l.contains("lattice::access") && l.contains("status=403"))
+        .unwrap_or_else(|| panic!("no access line for the denied call:\n{}", done.stderr));
+    assert!(line.contains(&format!("principal={}", &support[3..15])), "{line}");
+    assert!(line.contains(" policy=") && !line.contains(" policy=-"), "{line}");
+    assert!(!done.stderr.contains(&support[16..]) && !done.stderr.contains(&research[16..]));
 }

@@ -1348,3 +1348,47 @@ async fn without_signing_keys_tokens_are_refused_not_let_through() {
         "only the call after the keys loaded reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn a_token_from_a_rotated_key_makes_the_gateway_fetch_the_jwks_again() {
+    use jsonwebtoken::Algorithm::ES256;
+    let up = MockUpstream::start(Behavior::default()).await;
+    let (old, new) = (Signer::new("k-old"), Signer::new("k-new"));
+    let idp = DocServer::start(StatusCode::OK, Signer::jwks(&[&old.ec_jwk])).await;
+    let (data, pol) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(pol.path().join("p.rego"), JWT_POLICY).unwrap();
+    // Refreshed hourly: only the unknown `kid` can explain a second fetch within the test.
+    let url = format!(
+        "jwks_url = \"http://{}/jwks.json\"\njwks_refresh_secs = 3600",
+        idp.addr
+    );
+    let gw = TestGateway::start(&jwt_config(up.addr, data.path(), pol.path(), &url)).await;
+    assert_eq!(idp.hits.load(Ordering::SeqCst), 1);
+    let call = |token: &str| chat(&[("authorization", &format!("Bearer {token}"))], CHAT);
+    let token = new.sign(ES256, "k-new", &claims("research", |_| {}));
+
+    // The issuer publishes its new key; the first token signed with it names an unknown kid.
+    *idp.doc.lock().unwrap() = (StatusCode::OK, Signer::jwks(&[&old.ec_jwk, &new.ec_jwk]).into());
+    let r = send(gw.addr, call(&token)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("unknown key"), "{}", r.text());
+    // A flood of unknown kids is one fetch per MIN_REFETCH (10 s after the start's fetch).
+    for _ in 0..50 {
+        let _ = send(gw.addr, call(&token)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while send(gw.addr, call(&token)).await.status != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated key was never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        idp.hits.load(Ordering::SeqCst),
+        2,
+        "one early fetch, not one per unknown kid"
+    );
+    let old_token = old.sign(ES256, "k-old", &claims("research", |_| {}));
+    assert_eq!(send(gw.addr, call(&old_token)).await.status, StatusCode::OK);
+}

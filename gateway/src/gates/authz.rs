@@ -128,6 +128,7 @@ impl Gate for Authorization {
 
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
         let bundle = self.store.current();
+        call.policy_sha256 = Some(bundle.sha256_shared());
         let deny = |status, code, message: String| Denial {
             gate: "authorization",
             code,

@@ -57,15 +57,45 @@ impl Keys {
     }
 }
 
+/// The key store in force, reloaded when its file changes.
+struct ApiKeys {
+    current: Arc<ArcSwap<Keys>>,
+    /// Kept alive for as long as the gate: dropping it stops the reloads.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl ApiKeys {
+    fn open(dir: &std::path::Path) -> Result<ApiKeys, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
+        let current = Arc::new(ArcSwap::from_pointee(Keys::load(dir)?));
+        let reload = current.clone();
+        let watched: PathBuf = dir.to_path_buf();
+        let watcher = crate::watch::watch_dir(dir, "lattice-keys-watch", move || {
+            match Keys::load(&watched) {
+                Ok(k) => {
+                    tracing::info!(keys = k.principals.len(), "API keys reloaded");
+                    reload.store(Arc::new(k));
+                }
+                // Keep the keys in force; a half-written file is replaced atomically anyway.
+                Err(e) => tracing::error!(error = %e, "API keys not reloaded"),
+            }
+            true
+        })
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        Ok(ApiKeys {
+            current,
+            _watcher: watcher,
+        })
+    }
+}
+
 pub struct Identity {
     methods: Vec<IdentityMethod>,
     mtls: MtlsMapping,
     jwt: Option<JwtVerifier>,
-    keys: Arc<ArcSwap<Keys>>,
+    api_keys: Option<ApiKeys>,
     /// What a caller without a credential is told to send.
     missing: String,
-    /// Kept alive for as long as the gate: dropping it stops the reloads.
-    _watcher: notify::RecommendedWatcher,
 }
 
 impl Identity {
@@ -91,30 +121,17 @@ impl Identity {
             })
             .collect::<Vec<_>>()
             .join(", or ");
-        let dir: PathBuf = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
-        let keys = Arc::new(ArcSwap::from_pointee(Keys::load(&dir)?));
-        let reload = keys.clone();
-        let watched = dir.clone();
-        let watcher = crate::watch::watch_dir(&dir, "lattice-keys-watch", move || {
-            match Keys::load(&watched) {
-                Ok(k) => {
-                    tracing::info!(keys = k.principals.len(), "API keys reloaded");
-                    reload.store(Arc::new(k));
-                }
-                // Keep the keys in force; a half-written file is replaced atomically anyway.
-                Err(e) => tracing::error!(error = %e, "API keys not reloaded"),
-            }
-            true
-        })
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        let api_keys = if methods.contains(&IdentityMethod::ApiKey) {
+            Some(ApiKeys::open(&config.data_dir)?)
+        } else {
+            None
+        };
         Ok(Some(Identity {
             methods: methods.clone(),
             mtls: config.identity.mtls.clone(),
             jwt,
-            keys,
+            api_keys,
             missing: format!("no credential: send {missing}"),
-            _watcher: watcher,
         }))
     }
 }
@@ -266,6 +283,9 @@ impl Gate for Identity {
                     };
                 }
                 IdentityMethod::ApiKey => {
+                    let Some(api_keys) = &self.api_keys else {
+                        continue;
+                    };
                     let key = match bearer {
                         Some(b) if token.is_none() => b,
                         _ => match call.headers.get(X_API_KEY).and_then(|v| v.to_str().ok()) {
@@ -273,7 +293,7 @@ impl Gate for Identity {
                             None => continue,
                         },
                     };
-                    let keys = self.keys.load();
+                    let keys = api_keys.current.load();
                     return match keys.store.verify(key, now_secs()) {
                         Ok(record) => {
                             call.principal = keys.principals.get(&record.id).cloned();

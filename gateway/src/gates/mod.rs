@@ -64,6 +64,8 @@ pub struct Call<'a> {
     pub principal: Option<Arc<Principal>>,
     /// A policy obligation: call this model instead (re-routed before Execute).
     pub model_override: Option<String>,
+    /// The SHA-256 of the policy bundle that decided the call (set by the authorization gate).
+    pub policy_sha256: Option<Arc<str>>,
 }
 
 /// A gate's refusal. Rendered in the client's dialect by the proxy; `message` must not contain

@@ -80,7 +80,7 @@ pub struct Bundle {
     data: Value,
     timer: ExecutionTimerConfig,
     dir: PathBuf,
-    sha256: String,
+    sha256: Arc<str>,
     files: usize,
     tests: Vec<String>,
 }
@@ -171,7 +171,7 @@ impl Bundle {
             data,
             timer,
             dir: dir.to_path_buf(),
-            sha256: crate::hex::encode(&hash.finalize()),
+            sha256: crate::hex::encode(&hash.finalize()).into(),
             files: files.len(),
             tests,
         })
@@ -180,6 +180,11 @@ impl Bundle {
     /// The bundle's SHA-256 (lower-case hex).
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The SHA-256, shared: what a call records as the bundle that decided it.
+    pub fn sha256_shared(&self) -> Arc<str> {
+        self.sha256.clone()
     }
 
     /// `"rvm"` or `"interpreter"`: which regorus engine makes this bundle's decisions.
