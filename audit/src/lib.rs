@@ -1,5 +1,21 @@
-//! `lattice-audit`: the durable, append-only, SHA-256-chained event log (segments, group commit,
-//! recovery, verify, signed checkpoints, the per-session index).
+//! `lattice-audit`: the durable, append-only, SHA-256-chained event log.
 //!
-//! Empty until the audit issue lands; until then each call's record is the structured access
-//! log line the gateway writes (`lattice::access`).
+//! - [`record`]: one record's fields, its frame and hash (the format: `audit/FORMAT.md`).
+//! - [`storage`]: file access behind a trait (the disk; a fault-injecting one in tests).
+//! - [`log`]: recovery on open, group commit on one writer thread, signed checkpoints, the
+//!   per-session index.
+//! - [`checkpoint`]: Ed25519-signed chain heads and the signing key.
+//! - [`verify`]: the offline check behind `lattice audit verify`.
+//!
+//! This crate knows nothing of HTTP or gates: the gateway's audit gate decides what an event
+//! says; the log makes it durable, ordered and tamper-evident.
+
+pub mod checkpoint;
+pub mod log;
+pub mod record;
+pub mod storage;
+pub mod verify;
+
+pub use log::{AuditError, AuditLog, Options, Receipt, SyncMode};
+pub use record::{Event, Record};
+pub use storage::{DiskStorage, Storage};

@@ -142,6 +142,10 @@ pub struct AccessLog {
     pub principal: Option<std::sync::Arc<crate::gates::Principal>>,
     /// The SHA-256 of the policy bundle that decided the call.
     pub policy: Option<std::sync::Arc<str>>,
+    /// Where the `call.end` record goes (set for call surfaces when the audit log is on).
+    pub audit: Option<std::sync::Arc<lattice_audit::AuditLog>>,
+    /// The call's session (`x-lattice-session`, given or assigned).
+    pub session: http::HeaderValue,
     pub bytes: u64,
     pub outcome: Outcome,
 }
@@ -158,21 +162,41 @@ impl Outcome {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        let latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let principal = self.principal.as_ref().map_or("-", |p| p.id.as_str());
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        let model = self.model.as_deref().unwrap_or("-");
+        let reason = self.reason.unwrap_or("-");
         crate::telemetry::access(&crate::telemetry::AccessRecord {
-            request_id: self.request_id.to_str().unwrap_or("-"),
+            request_id,
             method: self.method.as_str(),
             path: self.path.path(),
             status: self.status,
-            model: self.model.as_deref().unwrap_or("-"),
+            model,
             upstream: self.upstream.as_deref().unwrap_or("-"),
-            reason: self.reason.unwrap_or("-"),
-            principal: self.principal.as_ref().map_or("-", |p| p.id.as_str()),
+            reason,
+            principal,
             // The first 12 hex digits name a bundle, as a short git hash names a commit.
             policy: self.policy.as_deref().map_or("-", |s| s.get(..12).unwrap_or(s)),
-            latency_ms: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            latency_ms: latency_us,
             bytes: self.bytes,
             outcome: self.outcome.as_str(),
         });
+        if let Some(audit) = &self.audit {
+            let end = crate::gates::audit::EndPayload {
+                request_id,
+                method: self.method.as_str(),
+                path: self.path.path(),
+                status: self.status,
+                model,
+                reason,
+                latency_ms: latency_us as f64 / 1000.0,
+                bytes: self.bytes,
+                outcome: self.outcome.as_str(),
+            };
+            let principal = self.principal.as_ref().map_or("", |p| p.id.as_str());
+            crate::gates::audit::end(audit, self.session.to_str().unwrap_or(""), principal, &end);
+        }
     }
 }
 

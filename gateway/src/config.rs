@@ -70,6 +70,8 @@ struct RawConfig {
     #[serde(default)]
     authorization: Option<RawAuthorization>,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     log: RawLog,
     #[serde(default)]
     upstreams: BTreeMap<String, RawUpstream>,
@@ -89,6 +91,51 @@ struct RawAuthorization {
 
 fn default_eval_timeout() -> u64 {
     100
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    sync: lattice_audit::SyncMode,
+    #[serde(default = "default_sync_interval")]
+    sync_interval_ms: u64,
+    #[serde(default = "default_segment_bytes")]
+    segment_bytes: u64,
+    #[serde(default)]
+    allow_corruption: bool,
+}
+
+impl Default for RawAudit {
+    fn default() -> RawAudit {
+        RawAudit {
+            enabled: true,
+            sync: lattice_audit::SyncMode::Always,
+            sync_interval_ms: default_sync_interval(),
+            segment_bytes: default_segment_bytes(),
+            allow_corruption: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_sync_interval() -> u64 {
+    100
+}
+
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+
+/// The audit log's settings; the log lives in `<data_dir>/audit`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub options: lattice_audit::Options,
 }
 
 /// The authorization gate's settings.
@@ -421,6 +468,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The Rego authorization gate, when configured.
     pub authorization: Option<AuthorizationConfig>,
+    /// The audit log; `None` only when `[audit] enabled = false`.
+    pub audit: Option<AuditConfig>,
     pub server: ServerConfig,
     pub log: LogConfig,
     pub upstreams: Vec<UpstreamConfig>,
@@ -710,9 +759,25 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             eval_timeout: Duration::from_millis(a.eval_timeout_ms),
         }),
     };
+    let a = raw.audit;
+    if a.sync_interval_ms == 0 {
+        return Err(bad("audit.sync_interval_ms", "must be greater than 0".into()));
+    }
+    if a.segment_bytes < 4096 {
+        return Err(bad("audit.segment_bytes", "must be at least 4096".into()));
+    }
+    let audit = a.enabled.then(|| AuditConfig {
+        options: lattice_audit::Options {
+            sync: a.sync,
+            sync_interval: Duration::from_millis(a.sync_interval_ms),
+            segment_bytes: a.segment_bytes,
+            allow_corruption: a.allow_corruption,
+        },
+    });
     Ok(Config {
         source: source.to_path_buf(),
         data_dir,
+        audit,
         identity,
         authorization,
         server: ServerConfig {

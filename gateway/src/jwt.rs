@@ -151,18 +151,17 @@ impl Jwks {
                 let set =
                     read_file(path, &jwks.allowed).map_err(|e| format!("identity.jwt.jwks_file: {e}"))?;
                 jwks.install(set);
-                let dir = path.parent().unwrap_or(Path::new("."));
                 let weak = Arc::downgrade(&jwks);
-                let path = path.clone();
-                let watcher = crate::watch::watch_dir(dir, "lattice-jwks-watch", move || {
+                let file = path.clone();
+                let watcher = crate::watch::watch_file(path, "lattice-jwks-watch", move || {
                     let Some(j) = weak.upgrade() else { return false };
-                    match read_file(&path, &j.allowed) {
+                    match read_file(&file, &j.allowed) {
                         Ok(set) => j.install(set),
                         Err(e) => j.failed(e),
                     }
                     true
                 })
-                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+                .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
                 if let Ok(mut slot) = jwks.watcher.lock() {
                     *slot = Some(watcher);
                 }

@@ -55,6 +55,47 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The audit log in the data dir: verify it, read it, export its public key.
+    Audit {
+        /// Take the data dir from this config file (when neither --data-dir nor
+        /// LATTICE_DATA_DIR is given).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every record and checkpoint; exit 0 with a summary when intact, 1 with the first
+    /// damaged record and the kind of damage otherwise.
+    Verify {
+        /// The checkpoint signer's public key (`ed25519:<hex>`, from `lattice audit pubkey`);
+        /// default: the data dir's own `audit/signing.pub`.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print the last records, one JSON object a line.
+    Tail {
+        #[arg(long, short = 'n', default_value_t = 10)]
+        lines: usize,
+    },
+    /// Print the records since a time, one JSON object a line.
+    Export {
+        /// An RFC 3339 time, or a duration back from now (`1h`, `7d`); default: everything.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+    /// Print the checkpoint signer's public key, for offline verification.
+    Pubkey,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -132,17 +173,14 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Policy { command } => policy_command(command),
-        Command::Keys { config, command } => {
-            let dir = match (data_dir, config) {
-                (Some(d), _) => d,
-                (None, Some(c)) => match Config::load(&c) {
-                    Ok(c) => c.data_dir,
-                    Err(e) => return fail(e),
-                },
-                (None, None) => PathBuf::from("./lattice-data"),
-            };
-            keys_command(&dir, command)
-        }
+        Command::Keys { config, command } => match resolve_data_dir(data_dir, config) {
+            Ok(dir) => keys_command(&dir, command),
+            Err(e) => fail(e),
+        },
+        Command::Audit { config, command } => match resolve_data_dir(data_dir, config) {
+            Ok(dir) => audit_command(&dir, command),
+            Err(e) => fail(e),
+        },
         Command::Certs { command } => {
             let written = match command {
                 CertsCommand::Init { dir, force } => certs::init(&dir, force),
@@ -229,6 +267,145 @@ fn keys_command(data_dir: &std::path::Path, command: KeysCommand) -> ExitCode {
             Err(e) => fail(e),
         },
     }
+}
+
+/// `--data-dir` / LATTICE_DATA_DIR, else the config file's `data_dir`, else ./lattice-data.
+fn resolve_data_dir(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
+    match (data_dir, config) {
+        (Some(d), _) => Ok(d),
+        (None, Some(c)) => Config::load(&c).map(|c| c.data_dir).map_err(|e| e.to_string()),
+        (None, None) => Ok(PathBuf::from("./lattice-data")),
+    }
+}
+
+fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode {
+    use lattice_audit::{checkpoint, verify};
+    let dir = data_dir.join("audit");
+    if !dir.is_dir() {
+        return fail(format!("{}: no audit log here", dir.display()));
+    }
+    let storage = match lattice_audit::DiskStorage::open(&dir) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    match command {
+        AuditCommand::Verify { pubkey } => {
+            let path = pubkey.unwrap_or_else(|| dir.join(checkpoint::PUBKEY_FILE));
+            let key = match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| checkpoint::parse_public_key(&t))
+            {
+                Ok(k) => k,
+                Err(e) => return fail(format!("{}: {e}", path.display())),
+            };
+            let started = std::time::Instant::now();
+            let s = match verify::verify(&storage, &key) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("{}: {e}", dir.display())),
+            };
+            let secs = started.elapsed().as_secs_f64();
+            match s.finding {
+                None => {
+                    println!(
+                        "audit log intact: {} records in {} segments, {} signed checkpoints; head {} {} ({:.0} records/s)",
+                        s.records,
+                        s.segments,
+                        s.checkpoints,
+                        s.last_seq,
+                        lattice_gateway::hex::encode(&s.last_hash),
+                        s.records as f64 / secs.max(1e-9)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(f) => {
+                    println!(
+                        "audit log damaged: {} at record {}: {}",
+                        f.damage.as_str(),
+                        f.seq,
+                        f.detail
+                    );
+                    ExitCode::from(1)
+                }
+            }
+        }
+        AuditCommand::Pubkey => match std::fs::read_to_string(dir.join(checkpoint::PUBKEY_FILE)) {
+            Ok(k) => {
+                print!("{k}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("{}: {e}", dir.join(checkpoint::PUBKEY_FILE).display())),
+        },
+        AuditCommand::Tail { lines } => {
+            let mut last = std::collections::VecDeque::with_capacity(lines);
+            let walked = verify::for_each_record(&storage, |r| {
+                if last.len() == lines {
+                    last.pop_front();
+                }
+                if lines > 0 {
+                    last.push_back(r);
+                }
+            });
+            if let Err(e) = walked {
+                return fail(format!("{}: {e}", dir.display()));
+            }
+            for r in last {
+                println!("{}", record_json(&r));
+            }
+            ExitCode::SUCCESS
+        }
+        AuditCommand::Export {
+            since,
+            format: ExportFormat::Jsonl,
+        } => {
+            let since_ns = match since.as_deref().map(parse_since).transpose() {
+                Ok(s) => s.unwrap_or(0),
+                Err(e) => return fail(e),
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut write_err = None;
+            let walked = verify::for_each_record(&storage, |r| {
+                if r.time_ns >= since_ns && write_err.is_none() {
+                    use std::io::Write;
+                    if let Err(e) = writeln!(out, "{}", record_json(&r)) {
+                        write_err = Some(e);
+                    }
+                }
+            });
+            match (walked, write_err) {
+                (Err(e), _) | (_, Some(e)) => fail(format!("{}: {e}", dir.display())),
+                _ => ExitCode::SUCCESS,
+            }
+        }
+    }
+}
+
+/// One record as a JSON line; the payload is embedded as JSON when it is JSON.
+fn record_json(r: &lattice_audit::Record) -> String {
+    let payload = serde_json::from_slice::<serde_json::Value>(&r.event.payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&r.event.payload).into_owned())
+    });
+    let time = std::time::UNIX_EPOCH + Duration::from_nanos(r.time_ns);
+    serde_json::json!({
+        "seq": r.seq,
+        "time": humantime::format_rfc3339_micros(time).to_string(),
+        "kind": r.event.kind,
+        "session": r.event.session,
+        "principal": r.event.principal,
+        "payload": payload,
+        "hash": lattice_gateway::hex::encode(&r.hash),
+    })
+    .to_string()
+}
+
+/// `--since`: an RFC 3339 time or a duration back from now; unix nanoseconds.
+fn parse_since(s: &str) -> Result<u64, String> {
+    let t = match humantime::parse_duration(s) {
+        Ok(d) => std::time::SystemTime::now().checked_sub(d),
+        Err(_) => humantime::parse_rfc3339_weak(s).ok(),
+    };
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .ok_or_else(|| format!("--since {s:?}: use an RFC 3339 time or a duration such as 1h"))
 }
 
 /// `30d` / `12h` from now, or an RFC 3339 time; unix seconds.

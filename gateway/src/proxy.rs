@@ -25,6 +25,8 @@ use crate::router::Router;
 use crate::upstream::{HttpTarget, Target, Upstream, UpstreamSetupError};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The session a call belongs to: given by the client, else assigned (the request id).
+pub const X_LATTICE_SESSION: HeaderName = HeaderName::from_static("x-lattice-session");
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const DEFAULT_ANTHROPIC_VERSION: HeaderValue = HeaderValue::from_static("2023-06-01");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -35,6 +37,7 @@ pub struct State {
     pipeline: Pipeline,
     policy: Option<Arc<PolicyStore>>,
     jwks: Option<Arc<crate::jwt::Jwks>>,
+    audit: Option<Arc<lattice_audit::AuditLog>>,
     max_body: u64,
     body_timeout: std::time::Duration,
     models_openai: Bytes,
@@ -68,11 +71,27 @@ impl State {
             .as_ref()
             .map(crate::jwt::Jwks::start)
             .transpose()?;
+        let audit = match &config.audit {
+            None => None,
+            Some(a) => {
+                let dir = config.data_dir.join("audit");
+                let storage = lattice_audit::DiskStorage::open(&dir)
+                    .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
+                let log = lattice_audit::AuditLog::open(Arc::new(storage), a.options.clone())
+                    .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
+                let r = log.recovery();
+                tracing::info!(dir = %dir.display(), records = r.records, segments = r.segments,
+                    torn_tail_bytes = r.torn_tail.as_ref().map_or(0, |t| t.0), skipped = r.skipped.len(),
+                    "audit log opened");
+                Some(Arc::new(log))
+            }
+        };
         Ok(State {
             router,
             pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone())?,
             policy,
             jwks,
+            audit,
             max_body: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             models_openai,
@@ -95,6 +114,11 @@ impl State {
         }
     }
 
+    /// The audit log, unless `[audit] enabled = false`.
+    pub fn audit(&self) -> Option<&Arc<lattice_audit::AuditLog>> {
+        self.audit.as_ref()
+    }
+
     /// The JWT signing keys, when `[identity.jwt]` is configured.
     pub fn jwks(&self) -> Option<&Arc<crate::jwt::Jwks>> {
         self.jwks.as_ref()
@@ -111,11 +135,16 @@ enum Rejection {
     BodyTimeout(std::time::Duration),
     BadRequest(ViewError),
     UnknownModel(String),
-    DialectMismatch { model: String, upstream: Arc<str> },
+    DialectMismatch {
+        model: String,
+        upstream: Arc<str>,
+    },
     Denied(Denial),
     UpstreamConnect(Arc<str>),
     UpstreamTimeout(Arc<str>),
     UpstreamFailed(Arc<str>),
+    /// The audit log cannot take the call's record: refused, never unrecorded.
+    AuditUnavailable,
     Internal,
 }
 
@@ -132,6 +161,7 @@ impl Rejection {
             Rejection::Denied(d) => d.status,
             Rejection::UpstreamConnect(_) | Rejection::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -151,6 +181,7 @@ impl Rejection {
             Rejection::UpstreamConnect(_) => "upstream_unreachable",
             Rejection::UpstreamTimeout(_) => "upstream_timeout",
             Rejection::UpstreamFailed(_) => "upstream_error",
+            Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::Internal => "internal_error",
         }
     }
@@ -162,7 +193,7 @@ impl Rejection {
             Rejection::UpstreamConnect(_) | Rejection::UpstreamTimeout(_) | Rejection::UpstreamFailed(_) => {
                 "upstream"
             }
-            Rejection::Internal => "internal",
+            Rejection::Internal | Rejection::AuditUnavailable => "internal",
             _ => "downstream",
         }
     }
@@ -189,6 +220,9 @@ impl Rejection {
             Rejection::UpstreamConnect(u) => format!("upstream `{u}` could not be reached").into(),
             Rejection::UpstreamTimeout(u) => format!("upstream `{u}` did not answer in time").into(),
             Rejection::UpstreamFailed(u) => format!("upstream `{u}` failed before answering").into(),
+            Rejection::AuditUnavailable => {
+                "the audit log cannot record this call, so it is refused; retry later".into()
+            }
             Rejection::Internal => "internal gateway error".into(),
         }
     }
@@ -209,6 +243,8 @@ enum Endpoint {
     Ready,
     Models,
     Model,
+    /// `GET /v1/sessions/{id}/events`
+    SessionEvents,
     Call(Surface),
 }
 
@@ -222,6 +258,7 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
         "/healthz" => (Endpoint::Health, "GET"),
         "/readyz" => (Endpoint::Ready, "GET"),
         p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),
+        p if p.starts_with("/v1/sessions/") && p.ends_with("/events") => (Endpoint::SessionEvents, "GET"),
         _ => return Err(Rejection::NotFound),
     };
     let ok = match allow {
@@ -249,9 +286,10 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// `/readyz`: ready, with the state of the live stores. Still ready when a reload was refused
 /// (the previous policy or keys decide), but the detail says so; not ready (503) while no JWT
-/// signing key has loaded, as no token could be checked.
+/// signing key has loaded, as no token could be checked, or once the audit log has failed, as
+/// no call can be recorded.
 fn readiness(state: &State) -> (StatusCode, Bytes) {
-    if state.policy.is_none() && state.jwks.is_none() {
+    if state.policy.is_none() && state.jwks.is_none() && state.audit.is_none() {
         return (StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}"));
     }
     let mut status = StatusCode::OK;
@@ -271,7 +309,136 @@ fn readiness(state: &State) -> (StatusCode, Bytes) {
                                             "keys": keys.as_ref().map_or(0, |k| k.len()),
                                             "reload_error": j.last_error().as_deref()});
     }
+    if let Some(a) = &state.audit {
+        // A failed audit log refuses every call (503) until a restart: not ready.
+        let failure = a.failure();
+        if failure.is_some() {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            detail["status"] = "not ready".into();
+        }
+        detail["audit"] = serde_json::json!({"failure": failure});
+    }
     (status, Bytes::from(detail.to_string()))
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Rejection {
+    Rejection::Denied(Denial {
+        gate: "sessions",
+        code,
+        status,
+        message: message.into(),
+        retry_after: None,
+    })
+}
+
+/// `GET /v1/sessions/{id}/events?after=SEQ&limit=N`: a session's events in order, to its own
+/// principal or an admin (role `admin`). With no identity method configured every caller is
+/// anonymous, and so is every session.
+async fn session_events(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    dialect: Dialect,
+    rid: HeaderValue,
+    log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let Some(audit) = state.audit.clone() else {
+        return reject(Rejection::NotFound, dialect, rid, log);
+    };
+    let id = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/sessions/")
+        .and_then(|r| r.strip_suffix("/events"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(str::to_string);
+    let Some(id) = id else {
+        return reject(Rejection::NotFound, dialect, rid, log);
+    };
+    let principal = match state.pipeline.identify(&parts.headers, conn) {
+        Ok(p) => p,
+        Err(d) => return reject(Rejection::Denied(d), dialect, rid, log),
+    };
+    let (mut after, mut limit) = (0u64, 100usize);
+    for pair in parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let parsed = match pair.split_once('=') {
+            Some(("after", v)) => v.parse().map(|v| after = v).is_ok(),
+            Some(("limit", v)) => v.parse().map(|v: usize| limit = v).is_ok() && (1..=1000).contains(&limit),
+            _ => false,
+        };
+        if !parsed {
+            let msg =
+                format!("bad query parameter `{pair}`: use after=<sequence number> and limit=<1..1000>");
+            return reject(
+                refusal(StatusCode::BAD_REQUEST, "invalid_request", msg),
+                dialect,
+                rid,
+                log,
+            );
+        }
+    }
+    let Some(owner) = audit.session_owner(&id) else {
+        return reject(
+            refusal(StatusCode::NOT_FOUND, "session_not_found", "no such session"),
+            dialect,
+            rid,
+            log,
+        );
+    };
+    let may = match &principal {
+        None => owner.is_empty(),
+        Some(p) => p.id == owner || p.roles.iter().any(|r| r == "admin"),
+    };
+    if !may {
+        let msg = "the session belongs to another principal";
+        return reject(
+            refusal(StatusCode::FORBIDDEN, "session_forbidden", msg),
+            dialect,
+            rid,
+            log,
+        );
+    }
+    let read =
+        tokio::task::spawn_blocking(move || audit.session_events(&id, after, limit).map(|e| (id, e))).await;
+    let Ok(Ok((id, events))) = read else {
+        return reject(Rejection::AuditUnavailable, dialect, rid, log);
+    };
+    let next = events.last().map_or(after, |e| e.seq);
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let payload = serde_json::from_slice::<serde_json::Value>(&e.event.payload)
+                .unwrap_or(serde_json::Value::Null);
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(e.time_ns);
+            serde_json::json!({"seq": e.seq, "time": humantime::format_rfc3339_micros(time).to_string(),
+                "kind": e.event.kind, "principal": e.event.principal, "payload": payload})
+        })
+        .collect();
+    let body = serde_json::json!({"session": id, "events": events, "next_after": next});
+    plain(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(body.to_string()),
+        rid,
+        log,
+    )
+}
+
+/// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
+/// characters, as request ids), else a new one, the request id.
+fn session_id(headers: &HeaderMap, rid: &HeaderValue) -> HeaderValue {
+    match headers.get(&X_LATTICE_SESSION) {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic) => {
+            v.clone()
+        }
+        _ => rid.clone(),
+    }
 }
 
 /// Serves one request. Never fails: every problem becomes a response in the client's dialect.
@@ -284,6 +451,8 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
     let mut log = Box::new(AccessLog {
+        audit: None,
+        session: HeaderValue::from_static(""),
         start,
         request_id: rid.clone(),
         method: parts.method.clone(),
@@ -321,9 +490,14 @@ pub async fn handle(
             return plain(StatusCode::OK, "application/json", list, rid, log);
         }
         Ok(Endpoint::Model) => return model_object(&state, parts.uri.path(), dialect, rid, log),
+        Ok(Endpoint::SessionEvents) => return session_events(&state, &conn, &parts, dialect, rid, log).await,
         Err(rej) => return reject(rej, dialect, rid, log),
     };
     let dialect = surface.dialect();
+    log.session = session_id(&parts.headers, &rid);
+    log.audit = state.audit.clone();
+    let session_header = log.session.clone();
+    let session = session_header.to_str().unwrap_or("");
 
     // A body that trickles in is cut off (slow-body clients); one that has already arrived
     // never arms the timer, as `timeout` polls the read first.
@@ -346,6 +520,7 @@ pub async fn handle(
         view: &view,
         headers: &parts.headers,
         path: parts.uri.path(),
+        session,
         conn: &conn,
         request_id: rid.to_str().unwrap_or("-"),
         route: route.map(|r| &**r),
@@ -358,6 +533,14 @@ pub async fn handle(
     log.principal = call.principal.clone();
     log.policy = call.policy_sha256.take();
     if let Err(d) = checked {
+        // A denial is recorded, durably, before it is answered.
+        if let Some(audit) = &state.audit {
+            let event = crate::gates::audit::decision(&call, session, &bytes, Some(&d), None);
+            if let Err(e) = audit.append(event).await {
+                tracing::error!(error = %e, "call refused: audit log unavailable");
+                return reject(Rejection::AuditUnavailable, dialect, rid, log);
+            }
+        }
         return reject(Rejection::Denied(d), dialect, rid, log);
     }
     // A policy's `model` obligation: the call goes where that model routes, under that name.
@@ -381,6 +564,17 @@ pub async fn handle(
         };
         return reject(rej, dialect, rid, log);
     }
+    // The decision record goes to the writer now; its sync overlaps the upstream call, and the
+    // response waits for it (below and in `forward`).
+    let recorded = state.audit.as_ref().map(|a| {
+        a.append(crate::gates::audit::decision(
+            &call,
+            session,
+            &bytes,
+            None,
+            Some((&upstream.name, send_model)),
+        ))
+    });
 
     match &upstream.target {
         Target::Mock(opts) => {
@@ -396,12 +590,19 @@ pub async fn handle(
                 None => &view,
             };
             let reply = mock::respond(view, &bytes, opts);
+            if let Some(recorded) = recorded
+                && let Err(e) = recorded.await
+            {
+                tracing::error!(error = %e, "call refused: audit log unavailable");
+                return reject(Rejection::AuditUnavailable, dialect, rid, log);
+            }
             log.status = reply.status.as_u16();
             let mut resp = Response::new(ResponseBody::mock(reply.body).with_log(log));
             *resp.status_mut() = reply.status;
             let h = resp.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
             h.insert(X_REQUEST_ID, rid);
+            h.insert(X_LATTICE_SESSION, session_header);
             resp
         }
         Target::Http(t) => {
@@ -420,12 +621,16 @@ pub async fn handle(
                 rid,
                 dialect,
                 log,
+                recorded,
             )
             .await
         }
     }
 }
 
+/// `recorded`: the call's decision record, already sent to the audit writer; awaited once the
+/// upstream has answered (or failed), so its sync overlaps the upstream's latency and no
+/// response leaves before its record is durable.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     t: &HttpTarget,
@@ -437,6 +642,9 @@ async fn forward(
     rid: HeaderValue,
     dialect: Dialect,
     mut log: Box<AccessLog>,
+    recorded: Option<
+        impl std::future::Future<Output = Result<lattice_audit::Receipt, lattice_audit::AuditError>>,
+    >,
 ) -> Response<ResponseBody> {
     // The query came from a parsed request URI, so it always forms a valid path-and-query.
     let Ok(pq) = t.path_and_query(surface, query) else {
@@ -466,7 +674,15 @@ async fn forward(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
 
-    let resp = match tokio::time::timeout(t.timeout, t.client.request(req)).await {
+    let answer = tokio::time::timeout(t.timeout, t.client.request(req)).await;
+    if let Some(recorded) = recorded
+        && let Err(e) = recorded.await
+    {
+        // Dropping the upstream's answer closes its connection: nothing unrecorded goes out.
+        tracing::error!(error = %e, "call refused: audit log unavailable");
+        return reject(Rejection::AuditUnavailable, dialect, rid, log);
+    }
+    let resp = match answer {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             let name = upstream.name.clone();
@@ -494,6 +710,9 @@ async fn forward(
     let (mut rp, body) = resp.into_parts();
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, rid);
+    if !log.session.is_empty() {
+        rp.headers.insert(X_LATTICE_SESSION, log.session.clone());
+    }
     let streamed = !rp.headers.contains_key(header::CONTENT_LENGTH);
     log.status = rp.status.as_u16();
     Response::from_parts(rp, ResponseBody::upstream(body, streamed).with_log(log))
@@ -677,11 +896,15 @@ fn reject(
     log.reason = Some(rej.origin());
     log.status = status.as_u16();
     let body = error_body(dialect, status, rej.code(), &rej.message());
+    let session = (!log.session.is_empty()).then(|| log.session.clone());
     let mut resp = Response::new(ResponseBody::full(body).with_log(log));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, JSON);
     h.insert(X_REQUEST_ID, rid);
+    if let Some(s) = session {
+        h.insert(X_LATTICE_SESSION, s);
+    }
     match &rej {
         Rejection::Denied(Denial {
             retry_after: Some(s), ..

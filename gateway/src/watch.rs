@@ -17,13 +17,44 @@ pub fn watch_dir(
     name: &str,
     on_change: impl Fn() -> bool + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
+    watch(dir, RecursiveMode::Recursive, None, name, on_change)
+}
+
+/// Watches one file (its directory, for the write-then-rename that replaces it) and calls
+/// `on_change` after each burst of changes to it. Other files in the directory (the audit log
+/// beside the key store, say) wake nothing.
+pub fn watch_file(
+    file: &Path,
+    name: &str,
+    on_change: impl Fn() -> bool + Send + 'static,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = file.file_name().map(|n| n.to_os_string());
+    watch(dir, RecursiveMode::NonRecursive, file_name, name, on_change)
+}
+
+fn watch(
+    dir: &Path,
+    mode: RecursiveMode,
+    only: Option<std::ffi::OsString>,
+    name: &str,
+    on_change: impl Fn() -> bool + Send + 'static,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        let Ok(e) = event else { return };
+        let wanted = match &only {
+            None => true,
+            Some(f) => e.paths.iter().any(|p| p.file_name() == Some(f.as_os_str())),
+        };
+        if wanted && !e.kind.is_access() {
             let _ = tx.send(());
         }
     })?;
-    watcher.watch(dir, RecursiveMode::Recursive)?;
+    watcher.watch(dir, mode)?;
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {

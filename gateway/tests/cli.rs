@@ -1290,3 +1290,108 @@ fn shipped_quickstart_works_as_the_readme_says() {
     assert!(line.contains(" policy=") && !line.contains(" policy=-"), "{line}");
     assert!(!done.stderr.contains(&support[16..]) && !done.stderr.contains(&research[16..]));
 }
+
+/// A chat call with its own request id over a fresh connection; true when it was answered 200
+/// in full (the body's closing brace arrived).
+fn chat_ok(addr: SocketAddr, request_id: &str) -> bool {
+    let body = r#"{"model":"demo","messages":[{"role":"user","content":"hello"}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         content-type: application/json\r\nx-request-id: {request_id}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.starts_with("HTTP/1.1 200") && text.trim_end().ends_with('}')
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_audit_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let config = write_file(
+        tmp.path(),
+        "audit.toml",
+        &format!(
+            "data_dir = \"{}\"\n[audit]\nsync = \"always\"\nsegment_bytes = 65536\n\
+             [server]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
+             [upstreams.mock]\nkind = \"mock\"\n[[routes]]\nmodel = \"demo\"\nupstream = \"mock\"\n",
+            data.display()
+        ),
+    );
+    let mut acknowledged: Vec<String> = Vec::new();
+    // A fixed sequence of kill moments, so a failure repeats.
+    for (round, kill_after_ms) in [120u64, 35, 260, 80, 190, 10].into_iter().enumerate() {
+        let s = serve(&config);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..4)
+            .map(|t| {
+                let (addr, stop) = (s.addr, stop.clone());
+                thread::spawn(move || {
+                    let mut ok = Vec::new();
+                    for i in 0.. {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        let id = format!("r{round}-t{t}-{i}");
+                        if chat_ok(addr, &id) {
+                            ok.push(id);
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(kill_after_ms));
+        let mut proc = s.proc;
+        let _ = proc.kill_and_collect(); // SIGKILL, mid-load
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in clients {
+            acknowledged.extend(c.join().expect("client thread"));
+        }
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "too little load to mean anything: {}",
+        acknowledged.len()
+    );
+
+    // Restarted once more: recovery cuts whatever the last kill tore, and the gateway serves.
+    let s = serve(&config);
+    assert!(chat_ok(s.addr, "after"));
+    s.stop();
+
+    let dir = data.to_str().expect("utf-8");
+    let verified = run(&["audit", "verify", "--data-dir", dir]);
+    assert!(
+        verified.status.success() && verified.stdout.starts_with("audit log intact"),
+        "{}{}",
+        verified.stdout,
+        verified.stderr
+    );
+    let export = run(&["audit", "export", "--data-dir", dir, "--format", "jsonl"]);
+    assert!(export.status.success(), "{}", export.stderr);
+    let recorded: std::collections::HashSet<String> = export
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "call.decision")
+        .filter_map(|v| v["payload"]["request_id"].as_str().map(str::to_string))
+        .collect();
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !recorded.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} calls answered 200 have no decision record, e.g. {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

@@ -1392,3 +1392,151 @@ async fn a_token_from_a_rotated_key_makes_the_gateway_fetch_the_jwks_again() {
     let old_token = old.sign(ES256, "k-old", &claims("research", |_| {}));
     assert_eq!(send(gw.addr, call(&old_token)).await.status, StatusCode::OK);
 }
+
+// ------------------------------------------------------------------------------ audit, sessions
+
+#[tokio::test]
+async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let (ana_rec, ana) = store.create("ana", "research", &[], None).unwrap();
+    let (_, bo) = store.create("bo", "research", &[], None).unwrap();
+    let (_, root) = store.create("root", "ops", &["admin".into()], None).unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n{}",
+        data.path().display(),
+        config(up.addr, "", "")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let as_ = |key: &str, session: &str, body: &str| {
+        chat(
+            &[
+                ("authorization", &format!("Bearer {key}")),
+                ("x-lattice-session", session),
+            ],
+            body,
+        )
+    };
+    // Two sessions, interleaved; one call of ana's is denied by the static deny list.
+    for i in 0..3 {
+        let r = send(gw.addr, as_(&ana, "s-ana", CHAT)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.headers["x-lattice-session"], "s-ana");
+        if i < 2 {
+            assert_eq!(send(gw.addr, as_(&bo, "s-bo", CHAT)).await.status, StatusCode::OK);
+        }
+    }
+    let denied = send(
+        gw.addr,
+        as_(&ana, "s-ana", r#"{"model":"forbidden-x","messages":[]}"#),
+    )
+    .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    // No session given: the gateway assigns one (the request id) and says so.
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {ana}"))], CHAT),
+    )
+    .await;
+    assert_eq!(r.headers["x-lattice-session"], r.headers["x-request-id"]);
+
+    let read = |key: &str, query: &str| {
+        let path = format!("/v1/sessions/s-ana/events{query}");
+        request(
+            Method::GET,
+            &path,
+            &[("authorization", &format!("Bearer {key}"))],
+            "",
+        )
+    };
+    // The end records are written as responses finish; wait until all of ana's are in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let events = loop {
+        let r = send(gw.addr, read(&ana, "")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let events = r.json()["events"].as_array().unwrap().clone();
+        if events.len() == 8 || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "call.decision").count(),
+        4,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| **k == "call.end").count(), 4, "{kinds:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert!(events.iter().all(|e| e["principal"] == ana_rec.id.as_str()));
+    let decisions: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "call.decision").collect();
+    assert_eq!(decisions[0]["payload"]["allow"], true);
+    assert_eq!(decisions[0]["payload"]["upstream"], "oa");
+    assert_eq!(decisions[0]["payload"]["principal"]["team"], "research");
+    assert_eq!(
+        decisions[0]["payload"]["request_sha256"].as_str().unwrap().len(),
+        64
+    );
+    let deny = decisions[3];
+    assert_eq!(
+        (deny["payload"]["allow"].clone(), deny["payload"]["gate"].clone()),
+        (false.into(), "deny_list".into())
+    );
+    assert_eq!(deny["payload"]["reasons"], "blocked by the test gate");
+    // No credential anywhere in a record.
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(&ana[16..]) && !all.contains("sk-gateway"), "{all}");
+
+    // Paging.
+    let page = send(gw.addr, read(&ana, &format!("?after={}&limit=3", seqs[2])))
+        .await
+        .json();
+    let page: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, seqs[3..6]);
+    // Another principal may not read it; an admin may; no credential is 401; unknown is 404.
+    let r = send(gw.addr, read(&bo, "")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(send(gw.addr, read(&root, "")).await.status, StatusCode::OK);
+    let r = send(
+        gw.addr,
+        request(Method::GET, "/v1/sessions/s-ana/events", &[], ""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        gw.addr,
+        request(
+            Method::GET,
+            "/v1/sessions/nope/events",
+            &[("authorization", &format!("Bearer {ana}"))],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(gw.addr, read(&ana, "?limit=0")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // bo's own session holds only bo's calls.
+    let r = send(
+        gw.addr,
+        request(
+            Method::GET,
+            "/v1/sessions/s-bo/events",
+            &[("authorization", &format!("Bearer {bo}"))],
+            "",
+        ),
+    )
+    .await;
+    let bo_events = r.json()["events"].as_array().unwrap().clone();
+    assert!(bo_events.iter().all(|e| e["payload"]["request_id"].is_string()));
+    assert!(bo_events.iter().filter(|e| e["kind"] == "call.decision").count() == 2);
+}

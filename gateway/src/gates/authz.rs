@@ -15,9 +15,6 @@ use super::{Call, Denial, Gate};
 use crate::policy::store::PolicyStore;
 use crate::policy::{INPUT_VERSION, PolicyError};
 
-/// The header a client names its session with.
-const SESSION_HEADER: http::HeaderName = http::HeaderName::from_static("x-lattice-session");
-
 pub struct Authorization {
     store: Arc<PolicyStore>,
 }
@@ -81,11 +78,6 @@ fn input(call: &Call<'_>) -> Value {
         None => (Value::Null, Value::Null),
     };
     let v = call.view;
-    let session = call
-        .headers
-        .get(SESSION_HEADER)
-        .and_then(|s| s.to_str().ok())
-        .map_or(Value::Null, Value::from);
     let request = obj(vec![
         ("surface", Value::from(v.surface.name())),
         // Every gated surface is a POST; the field is there so policies need not assume it.
@@ -97,7 +89,7 @@ fn input(call: &Call<'_>) -> Value {
         ("stream", Value::from(v.stream)),
         ("max_tokens", v.max_tokens.map_or(Value::Null, Value::from)),
         ("tools", strs(v.tools.iter().map(|t| t.as_ref()))),
-        ("session", session),
+        ("session", Value::from(call.session)),
         // Needs the price table (the budgets issue); null until then.
         ("estimated_cost_usd", Value::Null),
     ]);

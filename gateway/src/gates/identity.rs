@@ -70,18 +70,19 @@ impl ApiKeys {
         let current = Arc::new(ArcSwap::from_pointee(Keys::load(dir)?));
         let reload = current.clone();
         let watched: PathBuf = dir.to_path_buf();
-        let watcher = crate::watch::watch_dir(dir, "lattice-keys-watch", move || {
-            match Keys::load(&watched) {
-                Ok(k) => {
-                    tracing::info!(keys = k.principals.len(), "API keys reloaded");
-                    reload.store(Arc::new(k));
+        let watcher =
+            crate::watch::watch_file(&dir.join(crate::keys::FILE), "lattice-keys-watch", move || {
+                match Keys::load(&watched) {
+                    Ok(k) => {
+                        tracing::info!(keys = k.principals.len(), "API keys reloaded");
+                        reload.store(Arc::new(k));
+                    }
+                    // Keep the keys in force; a half-written file is replaced atomically anyway.
+                    Err(e) => tracing::error!(error = %e, "API keys not reloaded"),
                 }
-                // Keep the keys in force; a half-written file is replaced atomically anyway.
-                Err(e) => tracing::error!(error = %e, "API keys not reloaded"),
-            }
-            true
-        })
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+                true
+            })
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         Ok(ApiKeys {
             current,
             _watcher: watcher,
@@ -232,25 +233,34 @@ impl Gate for Identity {
     }
 
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
-        let bearer = bearer(call.headers);
+        call.principal = Some(self.identify(call.headers, call.conn)?);
+        Ok(())
+    }
+}
+
+impl Identity {
+    /// Who is calling, from the TLS session and the headers: what `check` records for a call,
+    /// and what the sessions API asks before it reads a session.
+    pub fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        conn: &super::ConnInfo,
+    ) -> Result<Arc<Principal>, Denial> {
+        let bearer = bearer(headers);
         // With JWTs configured, a JWT-shaped bearer is a token; no gateway key has that shape.
         let token = bearer.filter(|b| self.jwt.is_some() && looks_like_jwt(b));
         for method in &self.methods {
             match method {
                 IdentityMethod::Mtls => {
                     // Only the verified TLS session counts; no header can stand in for it.
-                    let Some(leaf) = call.conn.peer_certs.as_ref().and_then(|c| c.first()) else {
+                    let Some(leaf) = conn.peer_certs.as_ref().and_then(|c| c.first()) else {
                         continue;
                     };
-                    let principal = call
-                        .conn
+                    let principal = conn
                         .mtls_principal
                         .get_or_init(|| mtls_principal(leaf, &self.mtls));
                     return match principal {
-                        Some(p) => {
-                            call.principal = Some(p.clone());
-                            Ok(())
-                        }
+                        Some(p) => Ok(p.clone()),
                         None => Err(unauthenticated(
                             "invalid_client_certificate",
                             "the client certificate could not be read",
@@ -262,10 +272,7 @@ impl Gate for Identity {
                         continue;
                     };
                     return match jwt.verify(token, now_secs()) {
-                        Ok(p) => {
-                            call.principal = Some(p);
-                            Ok(())
-                        }
+                        Ok(p) => Ok(p),
                         Err(r @ JwtRejection::KeysUnavailable) => Err(Denial {
                             gate: "identity",
                             code: r.code(),
@@ -288,17 +295,19 @@ impl Gate for Identity {
                     };
                     let key = match bearer {
                         Some(b) if token.is_none() => b,
-                        _ => match call.headers.get(X_API_KEY).and_then(|v| v.to_str().ok()) {
+                        _ => match headers.get(X_API_KEY).and_then(|v| v.to_str().ok()) {
                             Some(k) => k.trim(),
                             None => continue,
                         },
                     };
                     let keys = api_keys.current.load();
                     return match keys.store.verify(key, now_secs()) {
-                        Ok(record) => {
-                            call.principal = keys.principals.get(&record.id).cloned();
-                            Ok(())
-                        }
+                        // Every stored key has a principal built when the store was loaded.
+                        Ok(record) => keys
+                            .principals
+                            .get(&record.id)
+                            .cloned()
+                            .ok_or_else(|| unauthenticated("invalid_api_key", "the API key is not valid")),
                         Err(KeyRejection::Invalid) => {
                             Err(unauthenticated("invalid_api_key", "the API key is not valid"))
                         }

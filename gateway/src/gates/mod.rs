@@ -8,6 +8,7 @@
 //! Gates run on the request path, so they decide from in-memory state: no I/O, no locks held
 //! across awaits. Work that needs I/O (the audit log's sync) overlaps the upstream call instead.
 
+pub mod audit;
 pub mod authz;
 mod deny;
 pub mod identity;
@@ -54,6 +55,8 @@ pub struct Call<'a> {
     pub headers: &'a HeaderMap,
     /// The request's path (the surface's; the query string is not part of it).
     pub path: &'a str,
+    /// The call's session: the client's `x-lattice-session`, else assigned.
+    pub session: &'a str,
     pub conn: &'a ConnInfo,
     pub request_id: &'a str,
     /// The route the model resolves to, if any. Resolved before the gates because policy reads
@@ -90,9 +93,22 @@ pub trait Gate: Send + Sync + 'static {
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial>;
 }
 
+/// A gate shared with another user (the identity gate with the sessions API).
+impl<G: Gate> Gate for Arc<G> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
+        (**self).check(call)
+    }
+}
+
 /// THE ordered list of gates.
 pub struct Pipeline {
     gates: Vec<Box<dyn Gate>>,
+    /// The identity gate again, for endpoints that need a caller but are not calls.
+    identity: Option<Arc<identity::Identity>>,
 }
 
 impl Pipeline {
@@ -105,8 +121,9 @@ impl Pipeline {
     ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
-        if let Some(g) = identity::Identity::from_config(config, jwks)? {
-            gates.push(Box::new(g));
+        let identity = identity::Identity::from_config(config, jwks)?.map(Arc::new);
+        if let Some(g) = &identity {
+            gates.push(Box::new(g.clone()));
         }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
         if let Some(store) = policy {
@@ -117,7 +134,16 @@ impl Pipeline {
         if let Some(g) = deny::DenyList::from_config(&config.deny) {
             gates.push(Box::new(g));
         }
-        Ok(Pipeline { gates })
+        Ok(Pipeline { gates, identity })
+    }
+
+    /// The caller, for endpoints outside the call path: `Ok(None)` when no identity method is
+    /// configured (everyone is anonymous).
+    pub fn identify(&self, headers: &HeaderMap, conn: &ConnInfo) -> Result<Option<Arc<Principal>>, Denial> {
+        self.identity
+            .as_ref()
+            .map(|i| i.identify(headers, conn))
+            .transpose()
     }
 
     /// Runs the request-side checks in order; the first denial wins.

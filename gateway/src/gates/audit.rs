@@ -1,0 +1,134 @@
+//! The audit gate: what the durable log records of every call (the log itself is
+//! `lattice-audit`; its format is `audit/FORMAT.md`).
+//!
+//! It is not in the check list of [`super::Pipeline`] because it wraps Execute rather than
+//! deciding before it. Two records per call:
+//!
+//! - `call.decision`, once the gates have decided: who called (principal id, kind, user, team),
+//!   what (surface, model, upstream, stream, tools), the decision (allowed, or the denying gate,
+//!   code and reasons) with the policy bundle's SHA-256, and the SHA-256 of the request body (a
+//!   hash, not a copy). It must be durable before the call's response is sent: for an allowed
+//!   call the append is issued before the upstream request and awaited after its answer, so the
+//!   `fdatasync` overlaps the model's latency; a denial waits for it before answering.
+//! - `call.end`, when the response ends or the client goes away (written by the access record's
+//!   `Drop`, so no exit path escapes it): status, the error's origin, latency, bytes, outcome.
+//!   Requests refused before the gates (malformed, too large, too slow) have only this record.
+//!
+//! No credential is ever part of a record: the principal is named by its id.
+
+use std::sync::Arc;
+
+use lattice_audit::{AuditLog, Event};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Call, Denial, Principal};
+
+pub const DECISION: &str = "call.decision";
+pub const END: &str = "call.end";
+
+#[derive(Serialize)]
+struct Who<'a> {
+    id: &'a str,
+    kind: &'static str,
+    user: &'a str,
+    team: &'a str,
+}
+
+#[derive(Serialize)]
+struct DecisionPayload<'a> {
+    request_id: &'a str,
+    surface: &'static str,
+    model: &'a str,
+    /// The model sent upstream, when a route or a policy renamed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a str>,
+    stream: bool,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: &'a [std::borrow::Cow<'a, str>],
+    principal: Option<Who<'a>>,
+    allow: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_sha256: Option<&'a str>,
+    request_sha256: &'a str,
+}
+
+fn who(p: &Option<Arc<Principal>>) -> Option<Who<'_>> {
+    p.as_deref().map(|p| Who {
+        id: &p.id,
+        kind: p.kind,
+        user: &p.user,
+        team: &p.team,
+    })
+}
+
+/// The `call.decision` event of a call the gates have decided: `denial` when they refused it,
+/// else the upstream (and the model it gets) it goes to.
+pub fn decision(
+    call: &Call<'_>,
+    session: &str,
+    body: &[u8],
+    denial: Option<&Denial>,
+    upstream: Option<(&str, Option<&str>)>,
+) -> Event {
+    let mut hex = [0u8; 64];
+    let request_sha256 = crate::hex::encode_into(&Sha256::digest(body), &mut hex);
+    let payload = DecisionPayload {
+        request_id: call.request_id,
+        surface: call.view.surface.name(),
+        model: &call.view.model,
+        upstream_model: upstream.and_then(|(_, m)| m),
+        upstream: upstream.map(|(u, _)| u),
+        stream: call.view.stream,
+        tools: &call.view.tools,
+        principal: who(&call.principal),
+        allow: denial.is_none(),
+        gate: denial.map(|d| d.gate),
+        code: denial.map(|d| d.code),
+        reasons: denial.map(|d| d.message.as_ref()),
+        policy_sha256: call.policy_sha256.as_deref(),
+        request_sha256,
+    };
+    Event {
+        kind: DECISION.into(),
+        session: session.into(),
+        principal: call.principal.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        // Serialising plain strings and numbers cannot fail.
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+    }
+}
+
+/// The `call.end` record, for [`crate::body::AccessLog`]'s `Drop`.
+#[derive(Serialize)]
+pub struct EndPayload<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub model: &'a str,
+    pub reason: &'a str,
+    pub latency_ms: f64,
+    pub bytes: u64,
+    pub outcome: &'a str,
+}
+
+/// Appends the `call.end` event without waiting: the response is already on its way.
+pub fn end(log: &AuditLog, session: &str, principal: &str, payload: &EndPayload<'_>) {
+    let event = Event {
+        kind: END.into(),
+        session: session.into(),
+        principal: principal.into(),
+        payload: serde_json::to_vec(payload).unwrap_or_default(),
+    };
+    // The append is sent to the writer when the future is made; dropping it only means no one
+    // waits for the acknowledgement. A failure poisons the log, and the next call gets 503.
+    drop(log.append(event));
+}
