@@ -123,12 +123,34 @@ struct Session {
     /// The principal of the session's first event: who may read it.
     owner: String,
     events: Vec<Loc>,
+    /// The latest compaction boundary: where a client's context was last summarised.
+    compaction: Option<u64>,
 }
 
 #[derive(Default)]
 struct Index {
     segments: Vec<String>,
     sessions: HashMap<String, Session>,
+}
+
+/// The event kind that marks where a session's context was summarised. Nothing before it is
+/// deleted: the boundary only tells a client where to resume reading.
+pub const COMPACTION: &str = "session.compaction";
+
+impl Index {
+    fn add(&mut self, event: &Event, loc: Loc) {
+        if event.session.is_empty() {
+            return;
+        }
+        let s = self.sessions.entry(event.session.clone()).or_default();
+        if s.events.is_empty() {
+            s.owner = event.principal.clone();
+        }
+        if event.kind == COMPACTION {
+            s.compaction = Some(loc.seq);
+        }
+        s.events.push(loc);
+    }
 }
 
 struct Shared {
@@ -271,10 +293,14 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("the audit writer stopped".into()))
     }
 
-    /// The principal who owns `session` (its first event's), if the session exists.
-    pub fn session_owner(&self, session: &str) -> Option<String> {
+    /// The principal who owns `session` (its first event's) and its latest compaction
+    /// boundary, if the session exists.
+    pub fn session_info(&self, session: &str) -> Option<(String, Option<u64>)> {
         let index = self.shared.index.read().ok()?;
-        index.sessions.get(session).map(|s| s.owner.clone())
+        index
+            .sessions
+            .get(session)
+            .map(|s| (s.owner.clone(), s.compaction))
     }
 
     /// Up to `limit` events of `session` with a sequence number above `after`, in order.
@@ -454,19 +480,13 @@ impl Writer {
         if let Ok(mut index) = self.shared.index.write() {
             let segment = index.segments.len().saturating_sub(1) as u32;
             for (Request::Append(event, _), &(seq, _, start, len)) in batch.iter().zip(&placed) {
-                if event.session.is_empty() {
-                    continue;
-                }
-                let s = index.sessions.entry(event.session.clone()).or_default();
-                if s.events.is_empty() {
-                    s.owner = event.principal.clone();
-                }
-                s.events.push(Loc {
+                let loc = Loc {
                     seq,
                     segment,
                     offset: base + start as u64,
                     len: len as u32,
-                });
+                };
+                index.add(event, loc);
             }
         }
         for (Request::Append(_, ack), (seq, hash, _, _)) in batch.drain(..).zip(placed) {
@@ -583,18 +603,13 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
         while pos < bytes.len() {
             let damage = match record::decode(&bytes[pos..]) {
                 Ok((r, n)) if r.seq == next_seq && r.prev == head => {
-                    if !r.event.session.is_empty() {
-                        let s = index.sessions.entry(r.event.session.clone()).or_default();
-                        if s.events.is_empty() {
-                            s.owner = r.event.principal.clone();
-                        }
-                        s.events.push(Loc {
-                            seq: r.seq,
-                            segment,
-                            offset: pos as u64,
-                            len: n as u32,
-                        });
-                    }
+                    let loc = Loc {
+                        seq: r.seq,
+                        segment,
+                        offset: pos as u64,
+                        len: n as u32,
+                    };
+                    index.add(&r.event, loc);
                     head = r.hash;
                     next_seq += 1;
                     report.records += 1;

@@ -422,11 +422,25 @@ fn sessions_come_back_separately_and_in_order() {
         page.iter().map(|r| r.seq).collect::<Vec<_>>(),
         b[10..15].iter().map(|r| r.seq).collect::<Vec<_>>()
     );
-    assert_eq!(log.session_owner("a").as_deref(), Some("p-a"));
+    assert_eq!(log.session_info("a"), Some(("p-a".to_string(), None)));
+    let boundary = log
+        .append_blocking(Event {
+            kind: lattice_audit::log::COMPACTION.into(),
+            session: "a".into(),
+            principal: "p-a".into(),
+            payload: b"{}".to_vec(),
+        })
+        .unwrap();
+    assert_eq!(
+        log.session_info("a"),
+        Some(("p-a".to_string(), Some(boundary.seq)))
+    );
     log.close();
-    // The index is rebuilt from the log on open.
+    // The index is rebuilt from the log on open, boundary included; nothing was deleted.
     let log = AuditLog::open(Arc::new(storage), small_segments()).unwrap();
-    assert_eq!(log.session_events("a", 0, 1_000).unwrap(), a);
+    assert_eq!(log.session_events("a", 0, 20).unwrap(), a);
+    assert_eq!(log.session_events("a", 0, 1_000).unwrap().len(), 21);
+    assert_eq!(log.session_info("a").unwrap().1, Some(boundary.seq));
 }
 
 // ------------------------------------------------------------------------ tampering

@@ -19,7 +19,7 @@ use lattice_providers::{CallView, Dialect, Surface, ViewError, mock, view};
 
 use crate::body::{AccessLog, Outcome, ResponseBody};
 use crate::config::{Config, ProviderKind};
-use crate::gates::{Call, ConnInfo, Denial, Pipeline};
+use crate::gates::{Call, ConnInfo, Denial, Pipeline, Principal};
 use crate::policy::store::PolicyStore;
 use crate::router::Router;
 use crate::upstream::{HttpTarget, Target, Upstream, UpstreamSetupError};
@@ -45,7 +45,11 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: &Config) -> Result<State, String> {
+    /// `audit_storage`: where the audit log lives; `None`: `<data_dir>/audit` on disk.
+    pub fn new(
+        config: &Config,
+        audit_storage: Option<Arc<dyn lattice_audit::Storage>>,
+    ) -> Result<State, String> {
         let upstreams = config
             .upstreams
             .iter()
@@ -75,9 +79,14 @@ impl State {
             None => None,
             Some(a) => {
                 let dir = config.data_dir.join("audit");
-                let storage = lattice_audit::DiskStorage::open(&dir)
-                    .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
-                let log = lattice_audit::AuditLog::open(Arc::new(storage), a.options.clone())
+                let storage: Arc<dyn lattice_audit::Storage> = match audit_storage {
+                    Some(s) => s,
+                    None => Arc::new(
+                        lattice_audit::DiskStorage::open(&dir)
+                            .map_err(|e| format!("audit log {}: {e}", dir.display()))?,
+                    ),
+                };
+                let log = lattice_audit::AuditLog::open(storage, a.options.clone())
                     .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
                 let r = log.recovery();
                 tracing::info!(dir = %dir.display(), records = r.records, segments = r.segments,
@@ -245,6 +254,8 @@ enum Endpoint {
     Model,
     /// `GET /v1/sessions/{id}/events`
     SessionEvents,
+    /// `POST /v1/sessions/{id}/compactions`
+    SessionCompaction,
     Call(Surface),
 }
 
@@ -259,6 +270,9 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
         "/readyz" => (Endpoint::Ready, "GET"),
         p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),
         p if p.starts_with("/v1/sessions/") && p.ends_with("/events") => (Endpoint::SessionEvents, "GET"),
+        p if p.starts_with("/v1/sessions/") && p.ends_with("/compactions") => {
+            (Endpoint::SessionCompaction, "POST")
+        }
         _ => return Err(Rejection::NotFound),
     };
     let ok = match allow {
@@ -331,9 +345,61 @@ fn refusal(status: StatusCode, code: &'static str, message: impl Into<Cow<'stati
     })
 }
 
-/// `GET /v1/sessions/{id}/events?after=SEQ&limit=N`: a session's events in order, to its own
-/// principal or an admin (role `admin`). With no identity method configured every caller is
-/// anonymous, and so is every session.
+/// The largest compaction note a client may send.
+const MAX_COMPACTION: u64 = 64 * 1024;
+
+/// The session a sessions-API request names, once its caller may touch it: the session's own
+/// principal (the principal of its first record) or one with the role `admin`. With no identity
+/// method configured every caller is anonymous, and so is every session.
+fn session_access(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    suffix: &str,
+) -> Result<SessionAccess, Rejection> {
+    let audit = state.audit.clone().ok_or(Rejection::NotFound)?;
+    let id = parts
+        .uri
+        .path()
+        .strip_prefix("/v1/sessions/")
+        .and_then(|r| r.strip_suffix(suffix))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .ok_or(Rejection::NotFound)?
+        .to_string();
+    let principal = state
+        .pipeline
+        .identify(&parts.headers, conn)
+        .map_err(Rejection::Denied)?;
+    let (owner, compaction) = audit
+        .session_info(&id)
+        .ok_or_else(|| refusal(StatusCode::NOT_FOUND, "session_not_found", "no such session"))?;
+    let may = match &principal {
+        None => owner.is_empty(),
+        Some(p) => p.id == owner || p.roles.iter().any(|r| r == "admin"),
+    };
+    if !may {
+        let msg = "the session belongs to another principal";
+        return Err(refusal(StatusCode::FORBIDDEN, "session_forbidden", msg));
+    }
+    Ok(SessionAccess {
+        audit,
+        id,
+        principal,
+        compaction,
+    })
+}
+
+/// A session a caller may read or mark.
+struct SessionAccess {
+    audit: Arc<lattice_audit::AuditLog>,
+    id: String,
+    principal: Option<Arc<Principal>>,
+    /// Its latest compaction boundary.
+    compaction: Option<u64>,
+}
+
+/// `GET /v1/sessions/{id}/events?after=SEQ&limit=N`: a session's events in order, with its
+/// latest compaction boundary (`compaction`) and the sequence to ask from next (`next_after`).
 async fn session_events(
     state: &State,
     conn: &ConnInfo,
@@ -342,23 +408,6 @@ async fn session_events(
     rid: HeaderValue,
     log: Box<AccessLog>,
 ) -> Response<ResponseBody> {
-    let Some(audit) = state.audit.clone() else {
-        return reject(Rejection::NotFound, dialect, rid, log);
-    };
-    let id = parts
-        .uri
-        .path()
-        .strip_prefix("/v1/sessions/")
-        .and_then(|r| r.strip_suffix("/events"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-        .map(str::to_string);
-    let Some(id) = id else {
-        return reject(Rejection::NotFound, dialect, rid, log);
-    };
-    let principal = match state.pipeline.identify(&parts.headers, conn) {
-        Ok(p) => p,
-        Err(d) => return reject(Rejection::Denied(d), dialect, rid, log),
-    };
     let (mut after, mut limit) = (0u64, 100usize);
     for pair in parts
         .uri
@@ -383,27 +432,15 @@ async fn session_events(
             );
         }
     }
-    let Some(owner) = audit.session_owner(&id) else {
-        return reject(
-            refusal(StatusCode::NOT_FOUND, "session_not_found", "no such session"),
-            dialect,
-            rid,
-            log,
-        );
+    let SessionAccess {
+        audit,
+        id,
+        compaction,
+        ..
+    } = match session_access(state, conn, parts, "/events") {
+        Ok(a) => a,
+        Err(rej) => return reject(rej, dialect, rid, log),
     };
-    let may = match &principal {
-        None => owner.is_empty(),
-        Some(p) => p.id == owner || p.roles.iter().any(|r| r == "admin"),
-    };
-    if !may {
-        let msg = "the session belongs to another principal";
-        return reject(
-            refusal(StatusCode::FORBIDDEN, "session_forbidden", msg),
-            dialect,
-            rid,
-            log,
-        );
-    }
     let read =
         tokio::task::spawn_blocking(move || audit.session_events(&id, after, limit).map(|e| (id, e))).await;
     let Ok(Ok((id, events))) = read else {
@@ -420,7 +457,8 @@ async fn session_events(
                 "kind": e.event.kind, "principal": e.event.principal, "payload": payload})
         })
         .collect();
-    let body = serde_json::json!({"session": id, "events": events, "next_after": next});
+    let body =
+        serde_json::json!({"session": id, "events": events, "compaction": compaction, "next_after": next});
     plain(
         StatusCode::OK,
         "application/json",
@@ -428,6 +466,54 @@ async fn session_events(
         rid,
         log,
     )
+}
+
+/// `POST /v1/sessions/{id}/compactions` with a JSON object (what the client summarised, e.g.
+/// `{"through": 41, "summary_sha256": "..."}`): records a compaction boundary, durably. Nothing
+/// is deleted; readers can start from the boundary (`after=` its `seq`).
+async fn session_compaction(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    body: Bytes,
+    dialect: Dialect,
+    rid: HeaderValue,
+    log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let SessionAccess {
+        audit, id, principal, ..
+    } = match session_access(state, conn, parts, "/compactions") {
+        Ok(a) => a,
+        Err(rej) => return reject(rej, dialect, rid, log),
+    };
+    if !serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object()) {
+        let msg = "the body must be a JSON object describing the compaction";
+        return reject(
+            refusal(StatusCode::BAD_REQUEST, "invalid_request", msg),
+            dialect,
+            rid,
+            log,
+        );
+    }
+    let event = lattice_audit::Event {
+        kind: lattice_audit::log::COMPACTION.into(),
+        session: id.clone(),
+        principal: principal.map(|p| p.id.clone()).unwrap_or_default(),
+        payload: body.to_vec(),
+    };
+    match audit.append(event).await {
+        Ok(receipt) => {
+            let body = serde_json::json!({"session": id, "seq": receipt.seq});
+            plain(
+                StatusCode::CREATED,
+                "application/json",
+                Bytes::from(body.to_string()),
+                rid,
+                log,
+            )
+        }
+        Err(_) => reject(Rejection::AuditUnavailable, dialect, rid, log),
+    }
 }
 
 /// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
@@ -491,6 +577,19 @@ pub async fn handle(
         }
         Ok(Endpoint::Model) => return model_object(&state, parts.uri.path(), dialect, rid, log),
         Ok(Endpoint::SessionEvents) => return session_events(&state, &conn, &parts, dialect, rid, log).await,
+        Ok(Endpoint::SessionCompaction) => {
+            let body = match tokio::time::timeout(
+                state.body_timeout,
+                read_body(&parts.headers, body, MAX_COMPACTION),
+            )
+            .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(rej)) => return reject(rej, dialect, rid, log),
+                Err(_) => return reject(Rejection::BodyTimeout(state.body_timeout), dialect, rid, log),
+            };
+            return session_compaction(&state, &conn, &parts, body, dialect, rid, log).await;
+        }
         Err(rej) => return reject(rej, dialect, rid, log),
     };
     let dialect = surface.dialect();

@@ -50,8 +50,17 @@ pub enum StartError {
 impl Server {
     /// Builds the request state and binds the listener; nothing is served until [`Server::run`].
     pub async fn bind(config: &Config) -> Result<Server, StartError> {
+        Server::bind_with_audit_storage(config, None).await
+    }
+
+    /// [`Server::bind`], with the audit log on `storage` instead of `<data_dir>/audit` (tests
+    /// inject faults this way).
+    pub async fn bind_with_audit_storage(
+        config: &Config,
+        storage: Option<Arc<dyn lattice_audit::Storage>>,
+    ) -> Result<Server, StartError> {
         let file = config.source.display().to_string();
-        let state = State::new(config).map_err(|message| StartError::Config {
+        let state = State::new(config, storage).map_err(|message| StartError::Config {
             file: file.clone(),
             message,
         })?;

@@ -286,10 +286,21 @@ impl TestGateway {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, toml: &str) -> TestGateway {
+        TestGateway::start_with(dir, toml, None).await
+    }
+
+    /// A gateway whose audit log lives on `audit` (a fault-injecting storage, say).
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        toml: &str,
+        audit: Option<Arc<dyn lattice_audit::Storage>>,
+    ) -> TestGateway {
         let path = dir.path().join("lattice.toml");
         std::fs::write(&path, toml).unwrap();
         let config = Config::from_str_with_env(&path, toml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let server = Server::bind(&config).await.unwrap_or_else(|e| panic!("{e}"));
+        let server = Server::bind_with_audit_storage(&config, audit)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -587,5 +598,75 @@ impl DocServer {
             hits,
             _stop: stop,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A disk whose syncs can be made to fail (the audit log's "disk full, fsync error").
+
+pub struct FailingDisk {
+    inner: lattice_audit::DiskStorage,
+    pub fail: Arc<AtomicBool>,
+}
+
+impl FailingDisk {
+    pub fn new(dir: &Path) -> FailingDisk {
+        FailingDisk {
+            inner: lattice_audit::DiskStorage::open(dir).unwrap(),
+            fail: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+struct FailingFile {
+    inner: Box<dyn lattice_audit::storage::AppendFile>,
+    fail: Arc<AtomicBool>,
+}
+
+impl lattice_audit::storage::AppendFile for FailingFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.append(bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.inner.sync()
+    }
+}
+
+impl lattice_audit::Storage for FailingDisk {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.inner.read(name)
+    }
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.inner.read_at(name, offset, len)
+    }
+    fn create(&self, name: &str) -> std::io::Result<Box<dyn lattice_audit::storage::AppendFile>> {
+        let inner = self.inner.create(name)?;
+        Ok(Box::new(FailingFile {
+            inner,
+            fail: self.fail.clone(),
+        }))
+    }
+    fn open_append(&self, name: &str) -> std::io::Result<Box<dyn lattice_audit::storage::AppendFile>> {
+        let inner = self.inner.open_append(name)?;
+        Ok(Box::new(FailingFile {
+            inner,
+            fail: self.fail.clone(),
+        }))
+    }
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(name, len)
+    }
+    fn write_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_new(name, bytes)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
     }
 }

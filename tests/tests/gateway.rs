@@ -1525,6 +1525,41 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
         send(gw.addr, read(&ana, "?limit=0")).await.status,
         StatusCode::BAD_REQUEST
     );
+    // A compaction boundary: recorded (by the owner only), nothing deleted, readers resume there.
+    let mark = |key: &str| {
+        request(
+            Method::POST,
+            "/v1/sessions/s-ana/compactions",
+            &[
+                ("authorization", &format!("Bearer {key}")),
+                ("content-type", "application/json"),
+            ],
+            format!(r#"{{"through":{},"summary_sha256":"ab12"}}"#, seqs[7]),
+        )
+    };
+    assert_eq!(send(gw.addr, mark(&bo)).await.status, StatusCode::FORBIDDEN);
+    let r = send(gw.addr, mark(&ana)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let boundary = r.json()["seq"].as_u64().unwrap();
+    let all = send(gw.addr, read(&ana, "")).await.json();
+    assert_eq!(all["compaction"], boundary);
+    assert_eq!(all["events"].as_array().unwrap().len(), 9, "nothing is deleted");
+    let after = send(gw.addr, read(&ana, &format!("?after={boundary}")))
+        .await
+        .json();
+    assert!(after["events"].as_array().unwrap().is_empty());
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1/sessions/s-ana/compactions",
+            &[("authorization", &format!("Bearer {ana}"))],
+            "[1]",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
     // bo's own session holds only bo's calls.
     let r = send(
         gw.addr,
@@ -1539,4 +1574,39 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
     let bo_events = r.json()["events"].as_array().unwrap().clone();
     assert!(bo_events.iter().all(|e| e["payload"]["request_id"].is_string()));
     assert!(bo_events.iter().filter(|e| e["kind"] == "call.decision").count() == 2);
+}
+
+#[tokio::test]
+async fn when_the_audit_log_cannot_sync_calls_are_refused_never_unrecorded() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FailingDisk::new(&dir.path().join("audit"));
+    let fail = disk.fail.clone();
+    let gw = TestGateway::start_with(dir, &config(up.addr, "", ""), Some(Arc::new(disk))).await;
+    assert_eq!(send(gw.addr, chat(&[], CHAT)).await.status, StatusCode::OK);
+
+    fail.store(true, Ordering::SeqCst); // the disk is full
+    let r = send(gw.addr, chat(&[], CHAT)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "audit_unavailable");
+    let r = send(gw.addr, messages(&[], MSG)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["type"], "overloaded_error");
+    // The disk recovers, but the log never retries a failed sync on the same file: still
+    // refused, and not ready, until a restart.
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        send(gw.addr, chat(&[], CHAT)).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let ready = send(gw.addr, request(Method::GET, "/readyz", &[], "")).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.json()["audit"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("fdatasync"),
+        "{}",
+        ready.text()
+    );
 }
