@@ -160,8 +160,21 @@ struct Shared {
     poisoned: AtomicBool,
 }
 
-enum Request {
-    Append(Event, tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>),
+struct Request {
+    event: Event,
+    /// `None`: nobody waits (a lazy append).
+    ack: Option<tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>>,
+    /// Must be synced before it is acknowledged (in `sync = "always"`). A lazy record is
+    /// written at once and synced with the next durable one, or within `sync_interval`.
+    durable: bool,
+}
+
+impl Request {
+    fn answer(&mut self, r: Result<Receipt, AuditError>) {
+        if let Some(ack) = self.ack.take() {
+            let _ = ack.send(r);
+        }
+    }
 }
 
 /// The audit log. Cheap to share (`Arc`); appends from any thread or task.
@@ -258,7 +271,7 @@ impl AuditLog {
         event: Event,
     ) -> impl std::future::Future<Output = Result<Receipt, AuditError>> + Send + 'static {
         let (ack, rx) = tokio::sync::oneshot::channel();
-        let sent = self.send(event, ack);
+        let sent = self.send(event, Some(ack), true);
         async move {
             sent?;
             rx.await
@@ -266,10 +279,17 @@ impl AuditLog {
         }
     }
 
+    /// Appends `event` without waiting and without asking for its own sync: it is written at
+    /// once and becomes durable with the next durable append, or within `sync_interval`. For
+    /// records whose loss in a crash costs detail, not truth (a call's end, after its decision).
+    pub fn append_lazy(&self, event: Event) -> Result<(), AuditError> {
+        self.send(event, None, false)
+    }
+
     /// [`AuditLog::append`] for code outside a runtime (the CLI, tests).
     pub fn append_blocking(&self, event: Event) -> Result<Receipt, AuditError> {
         let (ack, rx) = tokio::sync::oneshot::channel();
-        self.send(event, ack)?;
+        self.send(event, Some(ack), true)?;
         rx.blocking_recv()
             .unwrap_or_else(|_| Err(AuditError::Unavailable("the audit writer stopped".into())))
     }
@@ -277,7 +297,8 @@ impl AuditLog {
     fn send(
         &self,
         event: Event,
-        ack: tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>,
+        ack: Option<tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>>,
+        durable: bool,
     ) -> Result<(), AuditError> {
         event.validate().map_err(|e| AuditError::Invalid(e.to_string()))?;
         if self.shared.poisoned.load(Ordering::Acquire) {
@@ -289,7 +310,7 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("the audit log is closed".into()))?;
         tx.as_ref()
             .ok_or_else(|| AuditError::Unavailable("the audit log is closed".into()))?
-            .send(Request::Append(event, ack))
+            .send(Request { event, ack, durable })
             .map_err(|_| AuditError::Unavailable("the audit writer stopped".into()))
     }
 
@@ -428,8 +449,8 @@ impl Writer {
                 .ok()
                 .and_then(|f| f.clone())
                 .unwrap_or_default();
-            for Request::Append(_, ack) in batch.drain(..) {
-                let _ = ack.send(Err(AuditError::Unavailable(why.clone())));
+            for mut r in batch.drain(..) {
+                r.answer(Err(AuditError::Unavailable(why.clone())));
             }
             return;
         }
@@ -448,16 +469,22 @@ impl Writer {
         }
         self.buf.clear();
         let mut placed = Vec::with_capacity(batch.len());
-        for Request::Append(event, _) in batch.iter() {
+        for r in batch.iter() {
             let start = self.buf.len();
             let seq = self.next_seq;
-            self.head = record::encode(&mut self.buf, seq, now_ns(), event, &self.head);
+            self.head = record::encode(&mut self.buf, seq, now_ns(), &r.event, &self.head);
             self.next_seq += 1;
             placed.push((seq, self.head, start, self.buf.len() - start));
         }
         let written = self.file.append(&self.buf).map_err(|e| format!("write: {e}"));
+        let wants_sync = batch.iter().any(|r| r.durable);
         let durable = written.and_then(|()| match self.options.sync {
-            SyncMode::Always => self.sync_and_checkpoint(),
+            SyncMode::Always if wants_sync => self.sync_and_checkpoint(),
+            // Only lazy records: synced with the next durable one, or on the interval timer.
+            SyncMode::Always => {
+                self.unsynced = true;
+                Ok(())
+            }
             SyncMode::Batch => {
                 self.unsynced = true;
                 if self.last_sync.elapsed() >= self.options.sync_interval {
@@ -470,8 +497,8 @@ impl Writer {
         });
         if let Err(e) = durable {
             self.poison(e.clone());
-            for Request::Append(_, ack) in batch.drain(..) {
-                let _ = ack.send(Err(AuditError::Unavailable(e.clone())));
+            for mut r in batch.drain(..) {
+                r.answer(Err(AuditError::Unavailable(e.clone())));
             }
             return;
         }
@@ -479,18 +506,18 @@ impl Writer {
         self.segment_len += self.buf.len() as u64;
         if let Ok(mut index) = self.shared.index.write() {
             let segment = index.segments.len().saturating_sub(1) as u32;
-            for (Request::Append(event, _), &(seq, _, start, len)) in batch.iter().zip(&placed) {
+            for (r, &(seq, _, start, len)) in batch.iter().zip(&placed) {
                 let loc = Loc {
                     seq,
                     segment,
                     offset: base + start as u64,
                     len: len as u32,
                 };
-                index.add(event, loc);
+                index.add(&r.event, loc);
             }
         }
-        for (Request::Append(_, ack), (seq, hash, _, _)) in batch.drain(..).zip(placed) {
-            let _ = ack.send(Ok(Receipt { seq, hash }));
+        for (mut r, (seq, hash, _, _)) in batch.drain(..).zip(placed) {
+            r.answer(Ok(Receipt { seq, hash }));
         }
     }
 

@@ -548,3 +548,40 @@ fn every_tamper_kind_is_detected_and_classified() {
     let f = verify(&storage, &key).unwrap().finding.unwrap();
     assert_eq!(f.damage, Damage::Forged, "{f:?}");
 }
+
+#[test]
+fn lazy_records_ride_the_next_sync_or_the_interval() {
+    let storage = MemStorage::default();
+    let options = Options {
+        sync_interval: std::time::Duration::from_millis(50),
+        ..Options::default()
+    };
+    let log = AuditLog::open(Arc::new(storage.clone()), options).unwrap();
+    let seg = segment_name(1);
+    let synced = |s: &MemStorage| {
+        let files = s.files.lock().unwrap();
+        let f = &files[&seg];
+        (f.synced, f.data.len())
+    };
+    let before = storage.syncs.load(Ordering::SeqCst);
+    log.append_lazy(event("s", 1)).unwrap();
+    // A durable append right behind it syncs both with one fdatasync.
+    log.append_blocking(event("s", 2)).unwrap();
+    let (s, len) = synced(&storage);
+    assert_eq!(s, len);
+    assert!(storage.syncs.load(Ordering::SeqCst) - before <= 2);
+    // Alone, a lazy record is written at once and synced within the interval.
+    log.append_lazy(event("s", 3)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let (s, len) = synced(&storage);
+        if s == len && len > 0 && log.session_events("s", 0, 10).unwrap().len() == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a lazy record was never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

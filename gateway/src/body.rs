@@ -146,6 +146,8 @@ pub struct AccessLog {
     pub audit: Option<std::sync::Arc<lattice_audit::AuditLog>>,
     /// The call's session (`x-lattice-session`, given or assigned).
     pub session: http::HeaderValue,
+    /// The SHA-256 of the response body as sent, for the `call.end` record (audit on only).
+    pub response_hash: Option<sha2::Sha256>,
     pub bytes: u64,
     pub outcome: Outcome,
 }
@@ -183,7 +185,13 @@ impl Drop for AccessLog {
             outcome: self.outcome.as_str(),
         });
         if let Some(audit) = &self.audit {
+            let mut hex = [0u8; 64];
+            let response_sha256 = self
+                .response_hash
+                .take()
+                .map(|h| crate::hex::encode_into(&sha2::Digest::finalize(h), &mut hex));
             let end = crate::gates::audit::EndPayload {
+                response_sha256,
                 request_id,
                 method: self.method.as_str(),
                 path: self.path.path(),
@@ -291,6 +299,9 @@ impl Body for ResponseBody {
             Some(Ok(f)) => {
                 if let (Some(log), Some(d)) = (this.log.as_mut(), f.data_ref()) {
                     log.bytes += d.len() as u64;
+                    if let Some(h) = log.response_hash.as_mut() {
+                        sha2::Digest::update(h, d);
+                    }
                 }
                 // hyper stops polling once a body says it is at its end.
                 if this.payload_ended() {

@@ -539,6 +539,7 @@ pub async fn handle(
     let mut log = Box::new(AccessLog {
         audit: None,
         session: HeaderValue::from_static(""),
+        response_hash: None,
         start,
         request_id: rid.clone(),
         method: parts.method.clone(),
@@ -595,6 +596,9 @@ pub async fn handle(
     let dialect = surface.dialect();
     log.session = session_id(&parts.headers, &rid);
     log.audit = state.audit.clone();
+    if log.audit.is_some() {
+        log.response_hash = Some(sha2::Digest::new());
+    }
     let session_header = log.session.clone();
     let session = session_header.to_str().unwrap_or("");
 

@@ -1395,3 +1395,96 @@ fn kill_9_under_load_loses_no_acknowledged_audit_record() {
         &lost[..lost.len().min(5)]
     );
 }
+
+#[test]
+fn audit_commands_verify_read_and_catch_damage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let config = write_file(
+        tmp.path(),
+        "audit.toml",
+        &format!(
+            "data_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.mock]\nkind = \"mock\"\n[[routes]]\nmodel = \"demo\"\nupstream = \"mock\"\n",
+            data.display()
+        ),
+    );
+    let s = serve(&config);
+    for i in 0..3 {
+        assert!(chat_ok(s.addr, &format!("call-{i}")));
+    }
+    s.stop();
+    let cfg = config.to_str().expect("utf-8");
+
+    let v = run(&["audit", "verify", "--config", cfg]);
+    assert!(v.status.success(), "{}{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.starts_with("audit log intact: 6 records"),
+        "{}",
+        v.stdout
+    );
+    let tail = run(&["audit", "tail", "-n", "2", "--config", cfg]);
+    let lines: Vec<serde_json::Value> = tail
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[1]["seq"].as_u64(), lines[1]["kind"].as_str()),
+        (Some(6), Some("call.end"))
+    );
+    assert_eq!(lines[0]["payload"]["request_id"], "call-2");
+    let export = run(&["audit", "export", "--since", "1h", "--config", cfg]);
+    assert_eq!(export.stdout.lines().count(), 6);
+    assert_eq!(
+        run(&[
+            "audit",
+            "export",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--config",
+            cfg
+        ])
+        .stdout,
+        ""
+    );
+    let pubkey = run(&["audit", "pubkey", "--config", cfg]);
+    assert!(pubkey.stdout.starts_with("ed25519:") && pubkey.stdout.trim().len() == 8 + 64);
+
+    // Checked against another key, the signed checkpoints are forgeries.
+    let other = write_file(tmp.path(), "other.pub", &format!("ed25519:{}\n", "11".repeat(32)));
+    let v = run(&[
+        "audit",
+        "verify",
+        "--config",
+        cfg,
+        "--pubkey",
+        other.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(v.status.code(), Some(1), "{}{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("forged"), "{}", v.stdout);
+
+    // One flipped byte in the middle of the log.
+    let seg = std::fs::read_dir(data.join("audit"))
+        .expect("audit dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("seg-"))
+        })
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, bytes).expect("write");
+    let v = run(&["audit", "verify", "--config", cfg]);
+    assert_eq!(v.status.code(), Some(1), "{}{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.starts_with("audit log damaged: modified at record "),
+        "{}",
+        v.stdout
+    );
+}

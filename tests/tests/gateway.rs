@@ -1419,10 +1419,14 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
         )
     };
     // Two sessions, interleaved; one call of ana's is denied by the static deny list.
+    let mut first_body = Vec::new();
     for i in 0..3 {
         let r = send(gw.addr, as_(&ana, "s-ana", CHAT)).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.headers["x-lattice-session"], "s-ana");
+        if i == 0 {
+            first_body = r.body.to_vec();
+        }
         if i < 2 {
             assert_eq!(send(gw.addr, as_(&bo, "s-bo", CHAT)).await.status, StatusCode::OK);
         }
@@ -1479,6 +1483,15 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
         decisions[0]["payload"]["request_sha256"].as_str().unwrap().len(),
         64
     );
+    // The end record holds the hash of the body the client received, not the body.
+    use sha2::Digest;
+    let want = sha2::Sha256::digest(&first_body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let first_end = events.iter().find(|e| e["kind"] == "call.end").unwrap();
+    assert_eq!(first_end["payload"]["response_sha256"], want.as_str());
+    assert_eq!(first_end["payload"]["status"], 200);
     let deny = decisions[3];
     assert_eq!(
         (deny["payload"]["allow"].clone(), deny["payload"]["gate"].clone()),

@@ -11,7 +11,8 @@
 //!   call the append is issued before the upstream request and awaited after its answer, so the
 //!   `fdatasync` overlaps the model's latency; a denial waits for it before answering.
 //! - `call.end`, when the response ends or the client goes away (written by the access record's
-//!   `Drop`, so no exit path escapes it): status, the error's origin, latency, bytes, outcome.
+//!   `Drop`, so no exit path escapes it): status, the error's origin, latency, bytes, outcome,
+//!   and the SHA-256 of the response body as sent.
 //!   Requests refused before the gates (malformed, too large, too slow) have only this record.
 //!
 //! No credential is ever part of a record: the principal is named by its id.
@@ -118,9 +119,14 @@ pub struct EndPayload<'a> {
     pub latency_ms: f64,
     pub bytes: u64,
     pub outcome: &'a str,
+    /// The SHA-256 of the response body as sent (what reached the client, when it hung up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_sha256: Option<&'a str>,
 }
 
-/// Appends the `call.end` event without waiting: the response is already on its way.
+/// Appends the `call.end` event lazily: the response is already on its way, and this record
+/// needs no sync of its own (it is synced with the next decision record, or within the
+/// `sync_interval`). A crash may lose the last moment's end records, never a decision.
 pub fn end(log: &AuditLog, session: &str, principal: &str, payload: &EndPayload<'_>) {
     let event = Event {
         kind: END.into(),
@@ -128,7 +134,6 @@ pub fn end(log: &AuditLog, session: &str, principal: &str, payload: &EndPayload<
         principal: principal.into(),
         payload: serde_json::to_vec(payload).unwrap_or_default(),
     };
-    // The append is sent to the writer when the future is made; dropping it only means no one
-    // waits for the acknowledgement. A failure poisons the log, and the next call gets 503.
-    drop(log.append(event));
+    // A failure has poisoned the log; the next call is refused with 503.
+    let _ = log.append_lazy(event);
 }
