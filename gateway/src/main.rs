@@ -523,7 +523,8 @@ fn serve(path: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
             Err(e) => return fail(e),
         };
         let shutdown = shutdown_signal();
-        reload_on_hangup(server.state());
+        let state = server.state();
+        reload_on_hangup(state.clone());
         tracing::info!(
             addr = %server.local_addr(),
             tls = server.scheme() == "https",
@@ -538,6 +539,11 @@ fn serve(path: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
             server.local_addr()
         );
         server.run(shutdown, Duration::from_secs(10)).await;
+        // Every record handed to the audit writer is written and synced before the process
+        // ends (its thread would otherwise die with it, queue and all).
+        if let Some(audit) = state.audit() {
+            audit.close();
+        }
         telemetry::flush_access();
         tracing::info!("lattice stopped");
         ExitCode::SUCCESS
