@@ -42,18 +42,15 @@ reasons contains msg if {
 	msg := sprintf("team %q may not use model %q", [input.principal.team, input.request.model])
 }
 
+# An exact name, or a prefix pattern. Prefix matching with startswith, not glob.match: same
+# result for these patterns, and a glob is compiled on every call (it tripled the decision
+# time); written inline rather than as a function, which saves a call per pattern.
+model_allowed if input.request.model in team.models
+
 model_allowed if {
 	some pattern in team.models
-	matches(pattern, input.request.model)
-}
-
-# Prefix matching with startswith, not glob.match: same result for these patterns, and a glob
-# is compiled on every call (it tripled the decision time).
-matches(pattern, model) if pattern == model
-
-matches(pattern, model) if {
 	endswith(pattern, "*")
-	startswith(model, trim_suffix(pattern, "*"))
+	startswith(input.request.model, trim_suffix(pattern, "*"))
 }
 
 # Tool allow-list: every tool offered to the model must be allowed for the team.
