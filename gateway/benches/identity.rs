@@ -58,6 +58,7 @@ fn identity(c: &mut Criterion) {
     });
 
     // JWTs: the RSA test key of tests/fixtures and a fresh P-256 key.
+    lattice_gateway::jwt_crypto::install();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jwt");
     let rsa = rustls_pki_types::PrivatePkcs1KeyDer::from_pem_file(fixtures.join("rs256.key")).unwrap();
     let rsa = EncodingKey::from_rsa_der(rsa.secret_pkcs1_der());

@@ -360,6 +360,7 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn new(config: &JwtConfig, jwks: Arc<Jwks>) -> JwtVerifier {
+        crate::jwt_crypto::install();
         let validations = config
             .algorithms
             .iter()
@@ -551,6 +552,7 @@ mod tests {
     }
 
     fn token(kid: &str, claims: Value) -> String {
+        crate::jwt_crypto::install();
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some(kid.into());
         encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()

@@ -11,6 +11,7 @@ pub mod config;
 pub mod gates;
 pub mod hex;
 pub mod jwt;
+pub mod jwt_crypto;
 pub mod keys;
 pub mod policy;
 pub mod proxy;

@@ -1055,6 +1055,7 @@ struct Signer {
 impl Signer {
     fn new(ec_kid: &str) -> Signer {
         use base64::Engine;
+        lattice_gateway::jwt_crypto::install();
         use rustls_pki_types::pem::PemObject;
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt");
         let rsa = rustls_pki_types::PrivatePkcs1KeyDer::from_pem_file(fixtures.join("rs256.key")).unwrap();
