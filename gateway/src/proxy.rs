@@ -435,12 +435,25 @@ async fn session_events(
     let SessionAccess {
         audit,
         id,
+        principal,
         compaction,
-        ..
     } = match session_access(state, conn, parts, "/events") {
         Ok(a) => a,
         Err(rej) => return reject(rej, dialect, rid, log),
     };
+    // Who read which session is itself recorded (outside the session, so reading it does not
+    // change it).
+    let read = lattice_audit::Event {
+        kind: "session.read".into(),
+        session: String::new(),
+        principal: principal.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        payload: serde_json::to_vec(&serde_json::json!({"session": id, "after": after, "limit": limit,
+            "request_id": rid.to_str().unwrap_or("-")}))
+        .unwrap_or_default(),
+    };
+    if audit.append(read).await.is_err() {
+        return reject(Rejection::AuditUnavailable, dialect, rid, log);
+    }
     let read =
         tokio::task::spawn_blocking(move || audit.session_events(&id, after, limit).map(|e| (id, e))).await;
     let Ok(Ok((id, events))) = read else {

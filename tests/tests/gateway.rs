@@ -1574,6 +1574,33 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
+    // Reads are recorded too, outside the session: who read which session.
+    let storage = lattice_audit::DiskStorage::open(&data.path().join("audit")).unwrap();
+    let mut reads = Vec::new();
+    lattice_audit::verify::for_each_record(&storage, |r| {
+        if r.event.kind == "session.read" {
+            reads.push((
+                r.event.principal.clone(),
+                r.event.session.clone(),
+                String::from_utf8(r.event.payload).unwrap(),
+            ));
+        }
+    })
+    .unwrap();
+    let root_id = lattice_gateway::keys::KeyStore::open(data.path())
+        .unwrap()
+        .records()
+        .find(|k| k.user == "root")
+        .unwrap()
+        .id
+        .clone();
+    assert!(
+        reads.iter().any(|(p, s, payload)| *p == root_id
+            && s.is_empty()
+            && payload.contains("\"session\":\"s-ana\"")),
+        "{reads:?}"
+    );
+
     // bo's own session holds only bo's calls.
     let r = send(
         gw.addr,
