@@ -647,7 +647,7 @@ pub async fn handle(
     let checked = state.pipeline.check(&mut call);
     // Who called and which policy decided, allowed or not.
     log.principal = call.principal.clone();
-    log.policy = call.policy_sha256.take();
+    log.policy = call.policy_sha256.clone();
     if let Err(d) = checked {
         // A denial is recorded, durably, before it is answered.
         if let Some(audit) = &state.audit {

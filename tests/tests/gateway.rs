@@ -841,6 +841,21 @@ async fn rego_decides_and_its_obligations_are_enforced() {
     assert!(ready["policy"]["reload_error"].is_null());
     let sha = ready["policy"]["sha256"].clone();
 
+    // Every decision's audit record names the bundle that made it, allowed or denied.
+    let storage = lattice_audit::DiskStorage::open(&data.path().join("audit")).unwrap();
+    let mut decisions = Vec::new();
+    lattice_audit::verify::for_each_record(&storage, |r| {
+        if r.event.kind == "call.decision" {
+            decisions.push(serde_json::from_slice::<serde_json::Value>(&r.event.payload).unwrap());
+        }
+    })
+    .unwrap();
+    assert!(decisions.iter().any(|d| d["allow"] == false), "{decisions:?}");
+    assert!(
+        decisions.iter().all(|d| d["policy_sha256"] == sha),
+        "{decisions:?}"
+    );
+
     // A broken edit is refused: the previous bundle keeps deciding, readiness says why.
     std::fs::write(
         pol.path().join("lattice/authz.rego"),
