@@ -33,6 +33,10 @@ struct MemStorage {
     /// When set: the n-th next append to a segment writes only part of its bytes (which reach
     /// the disk) and the process dies there, a write torn by a power cut.
     tear_after: Arc<AtomicUsize>,
+    /// A process's view ([`MemStorage::process`]): the generation it was started in. Once a
+    /// crash has ended that generation it can neither write nor create anything, as a dead
+    /// process cannot (its writer thread, leaked by the test, may still be running).
+    born: Option<usize>,
 }
 
 struct MemHandle {
@@ -87,11 +91,30 @@ impl AppendFile for MemHandle {
 }
 
 impl MemStorage {
+    /// The storage as one process (one open of the log) sees it.
+    fn process(&self) -> MemStorage {
+        MemStorage {
+            born: Some(self.generation.load(Ordering::SeqCst)),
+            ..self.clone()
+        }
+    }
+
+    fn alive(&self) -> io::Result<()> {
+        match self.born {
+            Some(g) if g != self.generation.load(Ordering::SeqCst) => {
+                Err(io::Error::other("the process crashed"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn handle(&self, name: &str) -> Box<dyn AppendFile> {
         Box::new(MemHandle {
             storage: self.clone(),
             name: name.to_string(),
-            generation: self.generation.load(Ordering::SeqCst),
+            generation: self
+                .born
+                .unwrap_or_else(|| self.generation.load(Ordering::SeqCst)),
         })
     }
 
@@ -143,6 +166,7 @@ impl Storage for MemStorage {
 
     fn create(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
         let mut files = self.files.lock().unwrap();
+        self.alive()?;
         if files.contains_key(name) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
@@ -152,6 +176,7 @@ impl Storage for MemStorage {
     }
 
     fn open_append(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {
+        self.alive()?;
         if !self.files.lock().unwrap().contains_key(name) {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
@@ -160,6 +185,7 @@ impl Storage for MemStorage {
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         let mut files = self.files.lock().unwrap();
+        self.alive()?;
         let f = files
             .get_mut(name)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
@@ -169,6 +195,7 @@ impl Storage for MemStorage {
     }
 
     fn write_new(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.alive()?;
         let f = MemFile {
             data: bytes.to_vec(),
             synced: bytes.len(),
@@ -252,7 +279,7 @@ fn crash_loops(options: Options, seeds: u64) -> (Option<String>, usize) {
         // Acknowledged records, by sequence: what must survive every crash.
         let mut acked: HashMap<u64, Vec<u8>> = HashMap::new();
         for round in 0..4 {
-            let log = AuditLog::open(Arc::new(storage.clone()), options.clone())
+            let log = AuditLog::open(Arc::new(storage.process()), options.clone())
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: the log did not reopen: {e}"));
             torn += usize::from(log.recovery().torn_tail.is_some());
             let present: HashMap<u64, Vec<u8>> = log
@@ -296,7 +323,7 @@ fn crash_loops(options: Options, seeds: u64) -> (Option<String>, usize) {
             storage.crash(&mut rng);
             storage.tear_after.store(0, Ordering::SeqCst);
         }
-        let log = AuditLog::open(Arc::new(storage.clone()), options.clone()).unwrap();
+        let log = AuditLog::open(Arc::new(storage.process()), options.clone()).unwrap();
         let key = *log.verifying_key();
         log.close();
         let s = verify(&storage, &key).unwrap();
