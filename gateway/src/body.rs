@@ -164,26 +164,22 @@ impl Outcome {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        let latency_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let principal = self.principal.as_ref().map_or("-", |p| p.id.as_str());
-        let request_id = self.request_id.to_str().unwrap_or("-");
-        let model = self.model.as_deref().unwrap_or("-");
-        let reason = self.reason.unwrap_or("-");
-        crate::telemetry::access(&crate::telemetry::AccessRecord {
-            request_id,
+        let record = crate::telemetry::AccessRecord {
+            request_id: self.request_id.to_str().unwrap_or("-"),
             method: self.method.as_str(),
             path: self.path.path(),
             status: self.status,
-            model,
+            model: self.model.as_deref().unwrap_or("-"),
             upstream: self.upstream.as_deref().unwrap_or("-"),
-            reason,
-            principal,
+            reason: self.reason.unwrap_or("-"),
+            principal: self.principal.as_ref().map_or("-", |p| p.id.as_str()),
             // The first 12 hex digits name a bundle, as a short git hash names a commit.
             policy: self.policy.as_deref().map_or("-", |s| s.get(..12).unwrap_or(s)),
-            latency_ms: latency_us,
+            latency_ms: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             bytes: self.bytes,
             outcome: self.outcome.as_str(),
-        });
+        };
+        crate::telemetry::access(&record);
         if let Some(audit) = &self.audit {
             let mut hex = [0u8; 64];
             let response_sha256 = self
@@ -191,16 +187,8 @@ impl Drop for AccessLog {
                 .take()
                 .map(|h| crate::hex::encode_into(&sha2::Digest::finalize(h), &mut hex));
             let end = crate::gates::audit::EndPayload {
+                access: &record,
                 response_sha256,
-                request_id,
-                method: self.method.as_str(),
-                path: self.path.path(),
-                status: self.status,
-                model,
-                reason,
-                latency_ms: latency_us as f64 / 1000.0,
-                bytes: self.bytes,
-                outcome: self.outcome.as_str(),
             };
             let principal = self.principal.as_ref().map_or("", |p| p.id.as_str());
             crate::gates::audit::end(audit, self.session.to_str().unwrap_or(""), principal, &end);

@@ -1313,20 +1313,22 @@ fn chat_ok(addr: SocketAddr, request_id: &str) -> bool {
     text.starts_with("HTTP/1.1 200") && text.trim_end().ends_with('}')
 }
 
+/// A config serving `demo` from the mock, with its data dir (and audit log) in `dir/data`;
+/// `extra` goes at the top level (an `[audit]` table, say).
+fn mock_config(dir: &Path, extra: &str) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    let text = format!(
+        "data_dir = \"{}\"\n{extra}\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.mock]\nkind = \"mock\"\n[[routes]]\nmodel = \"demo\"\nupstream = \"mock\"\n",
+        data.display()
+    );
+    (write_file(dir, "mock.toml", &text), data)
+}
+
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_audit_record() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let config = write_file(
-        tmp.path(),
-        "audit.toml",
-        &format!(
-            "data_dir = \"{}\"\n[audit]\nsync = \"always\"\nsegment_bytes = 65536\n\
-             [server]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
-             [upstreams.mock]\nkind = \"mock\"\n[[routes]]\nmodel = \"demo\"\nupstream = \"mock\"\n",
-            data.display()
-        ),
-    );
+    let (config, data) = mock_config(tmp.path(), "[audit]\nsync = \"always\"\nsegment_bytes = 65536");
     let mut acknowledged: Vec<String> = Vec::new();
     // A fixed sequence of kill moments, so a failure repeats.
     for (round, kill_after_ms) in [120u64, 35, 260, 80, 190, 10].into_iter().enumerate() {
@@ -1399,16 +1401,7 @@ fn kill_9_under_load_loses_no_acknowledged_audit_record() {
 #[test]
 fn audit_commands_verify_read_and_catch_damage() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let data = tmp.path().join("data");
-    let config = write_file(
-        tmp.path(),
-        "audit.toml",
-        &format!(
-            "data_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-             [upstreams.mock]\nkind = \"mock\"\n[[routes]]\nmodel = \"demo\"\nupstream = \"mock\"\n",
-            data.display()
-        ),
-    );
+    let (config, data) = mock_config(tmp.path(), "");
     let s = serve(&config);
     for i in 0..3 {
         assert!(chat_ok(s.addr, &format!("call-{i}")));

@@ -107,18 +107,12 @@ pub fn decision(
     }
 }
 
-/// The `call.end` record, for [`crate::body::AccessLog`]'s `Drop`.
+/// The `call.end` record, for [`crate::body::AccessLog`]'s `Drop`: the access record's fields,
+/// and the hash of the response body as sent.
 #[derive(Serialize)]
 pub struct EndPayload<'a> {
-    pub request_id: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub model: &'a str,
-    pub reason: &'a str,
-    pub latency_ms: f64,
-    pub bytes: u64,
-    pub outcome: &'a str,
+    #[serde(flatten)]
+    pub access: &'a crate::telemetry::AccessRecord<'a>,
     /// The SHA-256 of the response body as sent (what reached the client, when it hung up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_sha256: Option<&'a str>,
