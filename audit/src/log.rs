@@ -102,6 +102,17 @@ pub fn segment_name(first_seq: u64) -> String {
     format!("seg-{first_seq:020}.log")
 }
 
+/// The segment files in `storage`, in sequence order (their names sort as their numbers).
+pub fn segment_names(storage: &dyn Storage) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = storage
+        .list()?
+        .into_iter()
+        .filter(|n| n.starts_with("seg-") && n.ends_with(".log"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -598,12 +609,7 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(io(e)),
     };
-    let names: Vec<String> = storage
-        .list()
-        .map_err(io)?
-        .into_iter()
-        .filter(|n| n.starts_with("seg-") && n.ends_with(".log"))
-        .collect();
+    let names = segment_names(storage).map_err(io)?;
     let mut index = Index::default();
     let mut next_seq = 1;
     let mut head = GENESIS;
@@ -628,8 +634,10 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
         index.segments.push(name.clone());
         let mut pos = MAGIC.len();
         while pos < bytes.len() {
-            let damage = match record::decode(&bytes[pos..]) {
+            let decoded = record::decode(&bytes[pos..]);
+            let damage = match &decoded {
                 Ok((r, n)) if r.seq == next_seq && r.prev == head => {
+                    let (r, n) = (r, *n);
                     let loc = Loc {
                         seq: r.seq,
                         segment,
@@ -650,7 +658,7 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
                 ),
                 Err(e) => e.to_string(),
             };
-            let torn = matches!(record::decode(&bytes[pos..]), Err(DecodeError::Incomplete { .. }));
+            let torn = matches!(decoded, Err(DecodeError::Incomplete { .. }));
             if last && (torn || next_seq > signed) {
                 // Past the synced part, at the end: a write the crash cut short. Keep it aside.
                 let cut = &bytes[pos..];
@@ -670,8 +678,8 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
             // Skip the frame when its length can be trusted, else the rest of the segment.
             match record::frame_len(&bytes[pos..]) {
                 Ok(n) => {
-                    // A damaged record still holds its place in the chain when it decodes.
-                    if let Ok((r, _)) = record::decode(&bytes[pos..]) {
+                    // A record out of the chain still holds its place in it when it decodes.
+                    if let Ok((r, _)) = &decoded {
                         next_seq = r.seq + 1;
                         head = r.hash;
                     }

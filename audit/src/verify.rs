@@ -9,7 +9,7 @@
 use ed25519_dalek::VerifyingKey;
 
 use crate::checkpoint;
-use crate::log::MAGIC;
+use crate::log::{MAGIC, segment_names};
 use crate::record::{self, DecodeError, GENESIS};
 use crate::storage::Storage;
 
@@ -67,11 +67,7 @@ pub struct Summary {
 /// Verifies the log in `storage` against `key` (the checkpoint signer's public key).
 pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summary> {
     let mut s = Summary::default();
-    let names: Vec<String> = storage
-        .list()?
-        .into_iter()
-        .filter(|n| n.starts_with("seg-") && n.ends_with(".log"))
-        .collect();
+    let names = segment_names(storage)?;
     s.segments = names.len();
     // Hashes by sequence, to check checkpoints against (32 bytes a record: 200k records, 6 MB).
     let mut hashes: Vec<[u8; 32]> = Vec::new();
@@ -237,11 +233,7 @@ pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summ
 /// not a whole, valid record: what `lattice audit tail` and `export` read. Use [`verify`] to find
 /// out why a walk stopped early.
 pub fn for_each_record(storage: &dyn Storage, mut f: impl FnMut(record::Record)) -> std::io::Result<()> {
-    let names: Vec<String> = storage
-        .list()?
-        .into_iter()
-        .filter(|n| n.starts_with("seg-") && n.ends_with(".log"))
-        .collect();
+    let names = segment_names(storage)?;
     for name in names {
         let bytes = storage.read(&name)?;
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {

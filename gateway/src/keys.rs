@@ -59,6 +59,17 @@ pub enum KeyRejection {
     Revoked,
 }
 
+impl KeyRejection {
+    /// The machine-readable reason (OpenAI's `code`).
+    pub fn code(self) -> &'static str {
+        match self {
+            KeyRejection::Invalid => "invalid_api_key",
+            KeyRejection::Expired => "expired_api_key",
+            KeyRejection::Revoked => "revoked_api_key",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}: {1}")]

@@ -349,7 +349,7 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
                 return fail(format!("{}: {e}", dir.display()));
             }
             for r in last {
-                println!("{}", record_json(&r));
+                println!("{}", lattice_gateway::gates::audit::record_json(&r));
             }
             ExitCode::SUCCESS
         }
@@ -366,7 +366,7 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
             let walked = verify::for_each_record(&storage, |r| {
                 if r.time_ns >= since_ns && write_err.is_none() {
                     use std::io::Write;
-                    if let Err(e) = writeln!(out, "{}", record_json(&r)) {
+                    if let Err(e) = writeln!(out, "{}", lattice_gateway::gates::audit::record_json(&r)) {
                         write_err = Some(e);
                     }
                 }
@@ -379,43 +379,27 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
     }
 }
 
-/// One record as a JSON line; the payload is embedded as JSON when it is JSON.
-fn record_json(r: &lattice_audit::Record) -> String {
-    let payload = serde_json::from_slice::<serde_json::Value>(&r.event.payload).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(&r.event.payload).into_owned())
-    });
-    let time = std::time::UNIX_EPOCH + Duration::from_nanos(r.time_ns);
-    serde_json::json!({
-        "seq": r.seq,
-        "time": humantime::format_rfc3339_micros(time).to_string(),
-        "kind": r.event.kind,
-        "session": r.event.session,
-        "principal": r.event.principal,
-        "payload": payload,
-        "hash": lattice_gateway::hex::encode(&r.hash),
-    })
-    .to_string()
-}
-
-/// `--since`: an RFC 3339 time or a duration back from now; unix nanoseconds.
-fn parse_since(s: &str) -> Result<u64, String> {
+/// A time on the command line: an RFC 3339 time, or a duration from now (`later`: ahead, else
+/// back).
+fn time_arg(s: &str, later: bool) -> Option<std::time::Duration> {
     let t = match humantime::parse_duration(s) {
+        Ok(d) if later => std::time::SystemTime::now().checked_add(d),
         Ok(d) => std::time::SystemTime::now().checked_sub(d),
         Err(_) => humantime::parse_rfc3339_weak(s).ok(),
     };
     t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+}
+
+/// `--since`: an RFC 3339 time or a duration back from now; unix nanoseconds.
+fn parse_since(s: &str) -> Result<u64, String> {
+    time_arg(s, false)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .ok_or_else(|| format!("--since {s:?}: use an RFC 3339 time or a duration such as 1h"))
 }
 
 /// `30d` / `12h` from now, or an RFC 3339 time; unix seconds.
 fn parse_expiry(s: &str) -> Result<u64, String> {
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(keys::now_secs() + d.as_secs());
-    }
-    humantime::parse_rfc3339_weak(s)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    time_arg(s, true)
         .map(|d| d.as_secs())
         .ok_or_else(|| format!("--expires {s:?}: use a lifetime such as 30d or 12h, or an RFC 3339 time"))
 }

@@ -286,12 +286,15 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
     }
 }
 
+/// A client-chosen id worth keeping: 1-128 visible ASCII characters.
+fn sane_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+}
+
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
-        }
+    if let Some(v) = headers.get(&X_REQUEST_ID).filter(|v| sane_id(v)) {
+        return v.clone();
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
@@ -460,16 +463,7 @@ async fn session_events(
         return reject(Rejection::AuditUnavailable, dialect, rid, log);
     };
     let next = events.last().map_or(after, |e| e.seq);
-    let events: Vec<serde_json::Value> = events
-        .iter()
-        .map(|e| {
-            let payload = serde_json::from_slice::<serde_json::Value>(&e.event.payload)
-                .unwrap_or(serde_json::Value::Null);
-            let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(e.time_ns);
-            serde_json::json!({"seq": e.seq, "time": humantime::format_rfc3339_micros(time).to_string(),
-                "kind": e.event.kind, "principal": e.event.principal, "payload": payload})
-        })
-        .collect();
+    let events: Vec<serde_json::Value> = events.iter().map(crate::gates::audit::record_json).collect();
     let body =
         serde_json::json!({"session": id, "events": events, "compaction": compaction, "next_after": next});
     plain(
@@ -532,12 +526,11 @@ async fn session_compaction(
 /// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
 /// characters, as request ids), else a new one, the request id.
 fn session_id(headers: &HeaderMap, rid: &HeaderValue) -> HeaderValue {
-    match headers.get(&X_LATTICE_SESSION) {
-        Some(v) if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic) => {
-            v.clone()
-        }
-        _ => rid.clone(),
-    }
+    headers
+        .get(&X_LATTICE_SESSION)
+        .filter(|v| sane_id(v))
+        .unwrap_or(rid)
+        .clone()
 }
 
 /// Serves one request. Never fails: every problem becomes a response in the client's dialect.
@@ -653,8 +646,7 @@ pub async fn handle(
         if let Some(audit) = &state.audit {
             let event = crate::gates::audit::decision(&call, session, &bytes, Some(&d), None);
             if let Err(e) = audit.append(event).await {
-                tracing::error!(error = %e, "call refused: audit log unavailable");
-                return reject(Rejection::AuditUnavailable, dialect, rid, log);
+                return audit_refused(&e, dialect, rid, log);
             }
         }
         return reject(Rejection::Denied(d), dialect, rid, log);
@@ -709,8 +701,7 @@ pub async fn handle(
             if let Some(recorded) = recorded
                 && let Err(e) = recorded.await
             {
-                tracing::error!(error = %e, "call refused: audit log unavailable");
-                return reject(Rejection::AuditUnavailable, dialect, rid, log);
+                return audit_refused(&e, dialect, rid, log);
             }
             log.status = reply.status.as_u16();
             let mut resp = Response::new(ResponseBody::mock(reply.body).with_log(log));
@@ -795,8 +786,7 @@ async fn forward(
         && let Err(e) = recorded.await
     {
         // Dropping the upstream's answer closes its connection: nothing unrecorded goes out.
-        tracing::error!(error = %e, "call refused: audit log unavailable");
-        return reject(Rejection::AuditUnavailable, dialect, rid, log);
+        return audit_refused(&e, dialect, rid, log);
     }
     let resp = match answer {
         Ok(Ok(resp)) => resp,
@@ -999,6 +989,17 @@ fn plain(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut().insert(X_REQUEST_ID, rid);
     resp
+}
+
+/// A call whose record the audit log could not take: refused (503), never answered unrecorded.
+fn audit_refused(
+    e: &lattice_audit::AuditError,
+    dialect: Dialect,
+    rid: HeaderValue,
+    log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    tracing::error!(error = %e, "call refused: audit log unavailable");
+    reject(Rejection::AuditUnavailable, dialect, rid, log)
 }
 
 /// Renders a rejection in `dialect`.

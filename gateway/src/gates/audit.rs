@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use lattice_audit::{AuditLog, Event};
+use lattice_audit::{AuditLog, Event, Record};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -130,4 +130,22 @@ pub fn end(log: &AuditLog, session: &str, principal: &str, payload: &EndPayload<
     };
     // A failure has poisoned the log; the next call is refused with 503.
     let _ = log.append_lazy(event);
+}
+
+/// A record as JSON, for `lattice audit tail|export` and the sessions API: its place in the
+/// chain, its fields, and its payload embedded as JSON (as a string if it is not JSON).
+pub fn record_json(r: &Record) -> serde_json::Value {
+    let payload = serde_json::from_slice::<serde_json::Value>(&r.event.payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&r.event.payload).into_owned())
+    });
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.time_ns);
+    serde_json::json!({
+        "seq": r.seq,
+        "time": humantime::format_rfc3339_micros(time).to_string(),
+        "kind": r.event.kind,
+        "session": r.event.session,
+        "principal": r.event.principal,
+        "payload": payload,
+        "hash": crate::hex::encode(&r.hash),
+    })
 }

@@ -137,7 +137,7 @@ impl Identity {
     }
 }
 
-fn unauthenticated(code: &'static str, message: &'static str) -> Denial {
+fn unauthenticated(code: &'static str, message: impl Into<std::borrow::Cow<'static, str>>) -> Denial {
     Denial {
         gate: "identity",
         code,
@@ -271,23 +271,19 @@ impl Identity {
                     let (Some(token), Some(jwt)) = (token, &self.jwt) else {
                         continue;
                     };
-                    return match jwt.verify(token, now_secs()) {
-                        Ok(p) => Ok(p),
-                        Err(r @ JwtRejection::KeysUnavailable) => Err(Denial {
-                            gate: "identity",
-                            code: r.code(),
-                            status: StatusCode::SERVICE_UNAVAILABLE,
-                            message: r.to_string().into(),
-                            retry_after: Some(1),
-                        }),
-                        Err(r) => Err(Denial {
-                            gate: "identity",
-                            code: r.code(),
-                            status: StatusCode::UNAUTHORIZED,
-                            message: r.to_string().into(),
-                            retry_after: None,
-                        }),
-                    };
+                    return jwt.verify(token, now_secs()).map_err(|r| {
+                        // No keys yet: the gateway cannot decide (503), the token is not refused.
+                        let unavailable = r == JwtRejection::KeysUnavailable;
+                        Denial {
+                            status: if unavailable {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::UNAUTHORIZED
+                            },
+                            retry_after: unavailable.then_some(1),
+                            ..unauthenticated(r.code(), r.to_string())
+                        }
+                    });
                 }
                 IdentityMethod::ApiKey => {
                     let Some(api_keys) = &self.api_keys else {
@@ -301,32 +297,20 @@ impl Identity {
                         },
                     };
                     let keys = api_keys.current.load();
-                    return match keys.store.verify(key, now_secs()) {
+                    return keys
+                        .store
+                        .verify(key, now_secs())
                         // Every stored key has a principal built when the store was loaded.
-                        Ok(record) => keys
-                            .principals
-                            .get(&record.id)
-                            .cloned()
-                            .ok_or_else(|| unauthenticated("invalid_api_key", "the API key is not valid")),
-                        Err(KeyRejection::Invalid) => {
-                            Err(unauthenticated("invalid_api_key", "the API key is not valid"))
-                        }
-                        Err(KeyRejection::Expired) => {
-                            Err(unauthenticated("expired_api_key", "the API key has expired"))
-                        }
-                        Err(KeyRejection::Revoked) => {
-                            Err(unauthenticated("revoked_api_key", "the API key has been revoked"))
-                        }
-                    };
+                        .and_then(|record| {
+                            keys.principals
+                                .get(&record.id)
+                                .cloned()
+                                .ok_or(KeyRejection::Invalid)
+                        })
+                        .map_err(|r| unauthenticated(r.code(), r.to_string()));
                 }
             }
         }
-        Err(Denial {
-            gate: "identity",
-            code: "missing_credential",
-            status: StatusCode::UNAUTHORIZED,
-            message: self.missing.clone().into(),
-            retry_after: None,
-        })
+        Err(unauthenticated("missing_credential", self.missing.clone()))
     }
 }
