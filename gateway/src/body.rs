@@ -125,6 +125,8 @@ pub enum Outcome {
     ClientClosed,
     /// The upstream failed mid-body.
     UpstreamFailed,
+    /// The gateway ended a stream that passed the output its reservation covered.
+    Cut,
 }
 
 /// The per-call access record; logged once, on drop.
@@ -148,6 +150,8 @@ pub struct AccessLog {
     pub session: http::HeaderValue,
     /// The SHA-256 of the response body as sent, for the `call.end` record (audit on only).
     pub response_hash: Option<sha2::Sha256>,
+    /// The call's reservation and the meter on its answer (budgets or TPM configured).
+    pub spend: Option<Box<crate::budget::Spend>>,
     pub bytes: u64,
     pub outcome: Outcome,
 }
@@ -158,6 +162,7 @@ impl Outcome {
             Outcome::Complete => "complete",
             Outcome::ClientClosed => "client_closed",
             Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Cut => "cut",
         }
     }
 }
@@ -180,6 +185,10 @@ impl Drop for AccessLog {
             outcome: self.outcome.as_str(),
         };
         crate::telemetry::access(&record);
+        let settlement = self
+            .spend
+            .as_mut()
+            .map(|s| s.settle(self.outcome == Outcome::Complete));
         if let Some(audit) = &self.audit {
             let mut hex = [0u8; 64];
             let response_sha256 = self
@@ -189,6 +198,7 @@ impl Drop for AccessLog {
             let end = crate::gates::audit::EndPayload {
                 access: &record,
                 response_sha256,
+                spend: settlement.as_ref(),
             };
             let principal = self.principal.as_ref().map_or("", |p| p.id.as_str());
             crate::gates::audit::end(audit, self.session.to_str().unwrap_or(""), principal, &end);
@@ -271,17 +281,45 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.payload {
-            Payload::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Payload::Passthrough(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|o| o.map(|r| r.map_err(Into::into))),
-            Payload::Stream(b) => Pin::new(b).poll_frame(cx),
-            Payload::Mock(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|o| o.map(|r| r.map_err(Into::into))),
+        let frame = loop {
+            let polled = match &mut this.payload {
+                Payload::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                Payload::Passthrough(b) => Pin::new(b)
+                    .poll_frame(cx)
+                    .map(|o| o.map(|r| r.map_err(Into::into))),
+                Payload::Stream(b) => Pin::new(b).poll_frame(cx),
+                Payload::Mock(b) => Pin::new(b)
+                    .poll_frame(cx)
+                    .map(|o| o.map(|r| r.map_err(Into::into))),
+            };
+            let frame = ready!(polled);
+            let ended = this.payload_ended();
+            let Some(meter) = this
+                .log
+                .as_mut()
+                .and_then(|l| l.spend.as_mut())
+                .and_then(|s| s.meter.as_mut())
+            else {
+                break frame;
+            };
+            match frame {
+                // The meter may hold back an unfinished line (or take out a usage chunk).
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => {
+                        let d = meter.feed(d);
+                        if !d.is_empty() {
+                            break Some(Ok(Frame::data(d)));
+                        }
+                        if ended {
+                            break meter.flush().map(|d| Ok(Frame::data(d)));
+                        }
+                    }
+                    Err(trailers) => break Some(Ok(trailers)),
+                },
+                None => break meter.flush().map(|d| Ok(Frame::data(d))),
+                other => break other,
+            }
         };
-        let frame = ready!(polled);
         match &frame {
             None => this.ended = true,
             Some(Ok(f)) => {
@@ -290,9 +328,14 @@ impl Body for ResponseBody {
                     if let Some(h) = log.response_hash.as_mut() {
                         sha2::Digest::update(h, d);
                     }
+                    // A stream past its reservation is cut here (`cut_streams`).
+                    if log.spend.as_ref().is_some_and(|s| s.over_reservation()) {
+                        this.payload = Payload::Full(None);
+                        log.outcome = Outcome::Cut;
+                    }
                 }
                 // hyper stops polling once a body says it is at its end.
-                if this.payload_ended() {
+                if this.body_ended() {
                     this.ended = true;
                 }
             }
@@ -307,7 +350,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.payload_ended()
+        self.body_ended()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -321,6 +364,17 @@ impl Body for ResponseBody {
 }
 
 impl ResponseBody {
+    /// The payload has ended and the meter holds nothing back.
+    fn body_ended(&self) -> bool {
+        self.payload_ended()
+            && !self
+                .log
+                .as_ref()
+                .and_then(|l| l.spend.as_ref())
+                .and_then(|s| s.meter.as_ref())
+                .is_some_and(|m| m.holds())
+    }
+
     fn payload_ended(&self) -> bool {
         match &self.payload {
             Payload::Full(b) => b.is_none(),

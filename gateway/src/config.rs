@@ -79,6 +79,12 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     deny: Vec<RawDeny>,
+    #[serde(default)]
+    budgets: Option<crate::budget::RawBudgets>,
+    #[serde(default)]
+    prices: BTreeMap<String, crate::budget::prices::RawPrice>,
+    #[serde(default)]
+    rate_limits: Vec<crate::budget::RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,6 +481,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub deny: Vec<DenyConfig>,
+    /// `[budgets]`, `[prices]` and `[[rate_limits]]`.
+    pub budgets: crate::budget::BudgetConfig,
 }
 
 #[derive(Debug)]
@@ -759,6 +767,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             eval_timeout: Duration::from_millis(a.eval_timeout_ms),
         }),
     };
+    let budgets = crate::budget::validate(raw.budgets, raw.prices, raw.rate_limits)?;
     let a = raw.audit;
     if a.sync_interval_ms == 0 {
         return Err(bad("audit.sync_interval_ms", "must be greater than 0".into()));
@@ -794,6 +803,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         upstreams,
         routes,
         deny,
+        budgets,
     })
 }
 

@@ -6,6 +6,7 @@
 //! [`certs`] writes development certificates.
 
 pub mod body;
+pub mod budget;
 pub mod certs;
 pub mod config;
 pub mod gates;

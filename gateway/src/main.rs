@@ -55,6 +55,25 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Spend from the audit log, by team, user, key or model (what `GET /admin/spend` reports).
+    Spend {
+        /// Take the data dir from this config file (when neither --data-dir nor
+        /// LATTICE_DATA_DIR is given).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One or two of team, user, key, model, comma-separated.
+        #[arg(long, default_value = "team")]
+        group_by: String,
+        /// An RFC 3339 time, or a duration back from now (`1h`, `7d`); default: everything.
+        #[arg(long)]
+        since: Option<String>,
+        /// As --since; default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
     /// The audit log in the data dir: verify it, read it, export its public key.
     Audit {
         /// Take the data dir from this config file (when neither --data-dir nor
@@ -177,6 +196,25 @@ fn main() -> ExitCode {
             Ok(dir) => keys_command(&dir, command),
             Err(e) => fail(e),
         },
+        Command::Spend {
+            config,
+            group_by,
+            since,
+            until,
+            format,
+        } => match resolve_data_dir(data_dir, config) {
+            Ok(dir) => {
+                let mut pairs = vec![("group_by", group_by.as_str()), ("format", format.as_str())];
+                if let Some(s) = &since {
+                    pairs.push(("since", s));
+                }
+                if let Some(u) = &until {
+                    pairs.push(("until", u));
+                }
+                spend_command(&dir, pairs)
+            }
+            Err(e) => fail(e),
+        },
         Command::Audit { config, command } => match resolve_data_dir(data_dir, config) {
             Ok(dir) => audit_command(&dir, command),
             Err(e) => fail(e),
@@ -275,6 +313,34 @@ fn resolve_data_dir(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> Resul
         (Some(d), _) => Ok(d),
         (None, Some(c)) => Config::load(&c).map(|c| c.data_dir).map_err(|e| e.to_string()),
         (None, None) => Ok(PathBuf::from("./lattice-data")),
+    }
+}
+
+fn spend_command(data_dir: &std::path::Path, pairs: Vec<(&str, &str)>) -> ExitCode {
+    use lattice_gateway::budget::report::{Format, Query};
+    let query = match Query::parse(pairs) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let dir = data_dir.join("audit");
+    let storage = match dir
+        .is_dir()
+        .then(|| lattice_audit::DiskStorage::open(&dir))
+        .transpose()
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => return fail(format!("{}: no audit log here", dir.display())),
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    match query.run(&storage) {
+        Ok(r) => {
+            match query.format {
+                Format::Csv => print!("{}", r.csv()),
+                Format::Json => println!("{}", r.json()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{}: {e}", dir.display())),
     }
 }
 
@@ -379,27 +445,15 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
     }
 }
 
-/// A time on the command line: an RFC 3339 time, or a duration from now (`later`: ahead, else
-/// back).
-fn time_arg(s: &str, later: bool) -> Option<std::time::Duration> {
-    let t = match humantime::parse_duration(s) {
-        Ok(d) if later => std::time::SystemTime::now().checked_add(d),
-        Ok(d) => std::time::SystemTime::now().checked_sub(d),
-        Err(_) => humantime::parse_rfc3339_weak(s).ok(),
-    };
-    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-}
-
 /// `--since`: an RFC 3339 time or a duration back from now; unix nanoseconds.
 fn parse_since(s: &str) -> Result<u64, String> {
-    time_arg(s, false)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    lattice_gateway::budget::report::time_ns(s)
         .ok_or_else(|| format!("--since {s:?}: use an RFC 3339 time or a duration such as 1h"))
 }
 
 /// `30d` / `12h` from now, or an RFC 3339 time; unix seconds.
 fn parse_expiry(s: &str) -> Result<u64, String> {
-    time_arg(s, true)
+    lattice_gateway::budget::report::time_arg(s, true)
         .map(|d| d.as_secs())
         .ok_or_else(|| format!("--expires {s:?}: use a lifetime such as 30d or 12h, or an RFC 3339 time"))
 }

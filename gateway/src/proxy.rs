@@ -38,6 +38,9 @@ pub struct State {
     policy: Option<Arc<PolicyStore>>,
     jwks: Option<Arc<crate::jwt::Jwks>>,
     audit: Option<Arc<lattice_audit::AuditLog>>,
+    /// Where the audit log lives, for the spend reports.
+    audit_storage: Option<Arc<dyn lattice_audit::Storage>>,
+    budgets: Option<Arc<crate::budget::Budgets>>,
     max_body: u64,
     body_timeout: std::time::Duration,
     models_openai: Bytes,
@@ -75,6 +78,7 @@ impl State {
             .as_ref()
             .map(crate::jwt::Jwks::start)
             .transpose()?;
+        let mut kept_storage = None;
         let audit = match &config.audit {
             None => None,
             Some(a) => {
@@ -86,6 +90,7 @@ impl State {
                             .map_err(|e| format!("audit log {}: {e}", dir.display()))?,
                     ),
                 };
+                kept_storage = Some(storage.clone());
                 let log = lattice_audit::AuditLog::open(storage, a.options.clone())
                     .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
                 let r = log.recovery();
@@ -95,12 +100,28 @@ impl State {
                 Some(Arc::new(log))
             }
         };
+        let budgets = crate::budget::Budgets::new(
+            config.budgets.clone(),
+            Arc::new(crate::budget::ledger::Embedded::new()),
+        )?;
+        // The ledger is a fold over the log: rebuild the current windows' spend.
+        if let (Some(b), Some(storage)) = (&budgets, &kept_storage) {
+            let t = Instant::now();
+            let s = b
+                .restore(&**storage)
+                .map_err(|e| format!("rebuilding budgets from the audit log: {e}"))?;
+            tracing::info!(calls = s.calls, unsettled = s.unsettled,
+                restored_usd = %crate::budget::usd(s.restored_nano_usd),
+                ms = t.elapsed().as_millis() as u64, "budgets rebuilt from the audit log");
+        }
         Ok(State {
             router,
-            pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone())?,
+            pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone(), budgets.clone())?,
             policy,
             jwks,
             audit,
+            audit_storage: kept_storage,
+            budgets,
             max_body: config.server.max_body_bytes,
             body_timeout: config.server.body_read_timeout,
             models_openai,
@@ -256,6 +277,10 @@ enum Endpoint {
     SessionEvents,
     /// `POST /v1/sessions/{id}/compactions`
     SessionCompaction,
+    /// `GET /admin/spend`
+    Spend,
+    /// `GET /metrics` (Prometheus)
+    Metrics,
     Call(Surface),
 }
 
@@ -268,6 +293,8 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
         "/v1/models" => (Endpoint::Models, "GET"),
         "/healthz" => (Endpoint::Health, "GET"),
         "/readyz" => (Endpoint::Ready, "GET"),
+        "/admin/spend" => (Endpoint::Spend, "GET"),
+        "/metrics" => (Endpoint::Metrics, "GET"),
         p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),
         p if p.starts_with("/v1/sessions/") && p.ends_with("/events") => (Endpoint::SessionEvents, "GET"),
         p if p.starts_with("/v1/sessions/") && p.ends_with("/compactions") => {
@@ -446,15 +473,12 @@ async fn session_events(
     };
     // Who read which session is itself recorded (outside the session, so reading it does not
     // change it).
-    let read = lattice_audit::Event {
-        kind: "session.read".into(),
-        session: String::new(),
-        principal: principal.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
-        payload: serde_json::to_vec(&serde_json::json!({"session": id, "after": after, "limit": limit,
-            "request_id": rid.to_str().unwrap_or("-")}))
-        .unwrap_or_default(),
-    };
-    if audit.append(read).await.is_err() {
+    let read = serde_json::json!({"session": id, "after": after, "limit": limit,
+                                  "request_id": rid.to_str().unwrap_or("-")});
+    if record_read(&audit, "session.read", principal.as_deref(), &read)
+        .await
+        .is_err()
+    {
         return reject(Rejection::AuditUnavailable, dialect, rid, log);
     }
     let read =
@@ -523,6 +547,118 @@ async fn session_compaction(
     }
 }
 
+/// Records, durably and outside any session, that `principal` read something (`what` says what).
+async fn record_read(
+    audit: &lattice_audit::AuditLog,
+    kind: &str,
+    principal: Option<&Principal>,
+    what: &serde_json::Value,
+) -> Result<lattice_audit::Receipt, lattice_audit::AuditError> {
+    let event = lattice_audit::Event {
+        kind: kind.into(),
+        session: String::new(),
+        principal: principal.map(|p| p.id.clone()).unwrap_or_default(),
+        payload: serde_json::to_vec(what).unwrap_or_default(),
+    };
+    audit.append(event).await
+}
+
+/// The caller of a spend endpoint, if it may read spend: a principal with the role `admin`,
+/// `finance` or `also` (when not empty); anyone when no identity method is configured.
+fn finance_caller(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    also: &str,
+) -> Result<Option<Arc<Principal>>, Rejection> {
+    let principal = state
+        .pipeline
+        .identify(&parts.headers, conn)
+        .map_err(Rejection::Denied)?;
+    let may = |r: &String| r == "admin" || r == "finance" || (!also.is_empty() && r == also);
+    if principal.as_ref().is_some_and(|p| !p.roles.iter().any(may)) {
+        let msg = "spend reports need the role `admin` or `finance`";
+        return Err(refusal(StatusCode::FORBIDDEN, "spend_forbidden", msg));
+    }
+    Ok(principal)
+}
+
+/// `GET /admin/spend?group_by=team|user|key|model[,...]&since=&until=&format=json|csv`: spend
+/// from the audit log, for principals with the role `admin` or `finance` (anyone, when no
+/// identity method is configured). Each read is itself recorded (`spend.read`).
+async fn spend_report(
+    state: &State,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    dialect: Dialect,
+    rid: HeaderValue,
+    log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let principal = match finance_caller(state, conn, parts, "") {
+        Ok(p) => p,
+        Err(rej) => return reject(rej, dialect, rid, log),
+    };
+    let (Some(audit), Some(storage)) = (state.audit.clone(), state.audit_storage.clone()) else {
+        let msg = "spend is reported from the audit log, which is disabled";
+        return reject(
+            refusal(StatusCode::NOT_FOUND, "not_found", msg),
+            dialect,
+            rid,
+            log,
+        );
+    };
+    let query = parts.uri.query().unwrap_or("");
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")));
+    let mut q = match crate::budget::report::Query::parse(pairs) {
+        Ok(q) => q,
+        Err(msg) => {
+            return reject(
+                refusal(StatusCode::BAD_REQUEST, "invalid_request", msg),
+                dialect,
+                rid,
+                log,
+            );
+        }
+    };
+    let wants_csv = parts
+        .headers
+        .get(header::ACCEPT)
+        .is_some_and(|a| a.as_bytes().starts_with(b"text/csv"));
+    if wants_csv && !query.contains("format=") {
+        q.format = crate::budget::report::Format::Csv;
+    }
+    let read = serde_json::json!({"query": query, "request_id": rid.to_str().unwrap_or("-")});
+    if record_read(&audit, "spend.read", principal.as_deref(), &read)
+        .await
+        .is_err()
+    {
+        return reject(Rejection::AuditUnavailable, dialect, rid, log);
+    }
+    let format = q.format;
+    let Ok(Ok(report)) = tokio::task::spawn_blocking(move || q.run(&*storage)).await else {
+        return reject(Rejection::AuditUnavailable, dialect, rid, log);
+    };
+    match format {
+        crate::budget::report::Format::Csv => plain(
+            StatusCode::OK,
+            "text/csv; charset=utf-8",
+            Bytes::from(report.csv()),
+            rid,
+            log,
+        ),
+        crate::budget::report::Format::Json => plain(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(report.json().to_string()),
+            rid,
+            log,
+        ),
+    }
+}
+
 /// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
 /// characters, as request ids), else a new one, the request id.
 fn session_id(headers: &HeaderMap, rid: &HeaderValue) -> HeaderValue {
@@ -546,6 +682,7 @@ pub async fn handle(
         audit: None,
         session: HeaderValue::from_static(""),
         response_hash: None,
+        spend: None,
         start,
         request_id: rid.clone(),
         method: parts.method.clone(),
@@ -583,6 +720,20 @@ pub async fn handle(
             return plain(StatusCode::OK, "application/json", list, rid, log);
         }
         Ok(Endpoint::Model) => return model_object(&state, parts.uri.path(), dialect, rid, log),
+        Ok(Endpoint::Spend) => return spend_report(&state, &conn, &parts, dialect, rid, log).await,
+        Ok(Endpoint::Metrics) => {
+            if let Err(rej) = finance_caller(&state, &conn, &parts, "metrics") {
+                return reject(rej, dialect, rid, log);
+            }
+            let text = state.budgets.as_ref().map(|b| b.metrics()).unwrap_or_default();
+            return plain(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(text),
+                rid,
+                log,
+            );
+        }
         Ok(Endpoint::SessionEvents) => return session_events(&state, &conn, &parts, dialect, rid, log).await,
         Ok(Endpoint::SessionCompaction) => {
             let body = match tokio::time::timeout(
@@ -636,6 +787,8 @@ pub async fn handle(
         principal: None,
         model_override: None,
         policy_sha256: None,
+        body_len: bytes.len(),
+        reservation: None,
     };
     let checked = state.pipeline.check(&mut call);
     // Who called and which policy decided, allowed or not.
@@ -644,13 +797,15 @@ pub async fn handle(
     if let Err(d) = checked {
         // A denial is recorded, durably, before it is answered.
         if let Some(audit) = &state.audit {
-            let event = crate::gates::audit::decision(&call, session, &bytes, Some(&d), None);
+            let event = crate::gates::audit::decision(&call, session, &bytes, Some(&d), None, None);
             if let Err(e) = audit.append(event).await {
                 return audit_refused(&e, dialect, rid, log);
             }
         }
         return reject(Rejection::Denied(d), dialect, rid, log);
     }
+    // Dropped before the decision record (unknown model, wrong dialect), it charges nothing.
+    let reservation = call.reservation.take();
     // A policy's `model` obligation: the call goes where that model routes, under that name.
     let override_model = call.model_override.take();
     let route = match &override_model {
@@ -681,27 +836,40 @@ pub async fn handle(
             &bytes,
             None,
             Some((&upstream.name, send_model)),
+            reservation.as_ref(),
         ))
     });
+    // Metered: an OpenAI stream is asked for its usage, which the client gets only if it asked.
+    if let Some(r) = reservation {
+        let mut spend = crate::budget::Spend::new(r);
+        spend.strip_usage = surface == Surface::ChatCompletions && view.stream && !view.include_usage;
+        log.spend = Some(spend);
+    }
+    let ask_usage = log.spend.as_ref().is_some_and(|s| s.strip_usage);
 
     match &upstream.target {
         Target::Mock(opts) => {
             let renamed;
-            let view = match send_model {
-                Some(m) => {
+            let view = match (send_model, ask_usage) {
+                (None, false) => &view,
+                (m, _) => {
                     renamed = CallView {
-                        model: Cow::Borrowed(m),
+                        model: m.map_or_else(|| view.model.clone(), Cow::Borrowed),
+                        include_usage: view.include_usage || ask_usage,
                         ..view.clone()
                     };
                     &renamed
                 }
-                None => &view,
             };
             let reply = mock::respond(view, &bytes, opts);
-            if let Some(recorded) = recorded
-                && let Err(e) = recorded.await
-            {
-                return audit_refused(&e, dialect, rid, log);
+            if let Some(recorded) = recorded {
+                match recorded.await {
+                    Ok(receipt) => decided(&mut log, receipt.seq),
+                    Err(e) => return audit_refused(&e, dialect, rid, log),
+                }
+            }
+            if let Some(s) = log.spend.as_mut() {
+                s.start(dialect, reply.status, reply.content_type.as_bytes());
             }
             log.status = reply.status.as_u16();
             let mut resp = Response::new(ResponseBody::mock(reply.body).with_log(log));
@@ -717,6 +885,7 @@ pub async fn handle(
                 Some(m) if m != view.model => splice_model(&bytes, view.model_span.clone(), m),
                 _ => bytes.clone(),
             };
+            let body = if ask_usage { with_include_usage(body) } else { body };
             let query = parts.uri.query();
             forward(
                 t,
@@ -782,11 +951,12 @@ async fn forward(
     *req.headers_mut() = headers;
 
     let answer = tokio::time::timeout(t.timeout, t.client.request(req)).await;
-    if let Some(recorded) = recorded
-        && let Err(e) = recorded.await
-    {
-        // Dropping the upstream's answer closes its connection: nothing unrecorded goes out.
-        return audit_refused(&e, dialect, rid, log);
+    if let Some(recorded) = recorded {
+        match recorded.await {
+            Ok(receipt) => decided(&mut log, receipt.seq),
+            // Dropping the upstream's answer closes its connection: nothing unrecorded goes out.
+            Err(e) => return audit_refused(&e, dialect, rid, log),
+        }
     }
     let resp = match answer {
         Ok(Ok(resp)) => resp,
@@ -820,8 +990,51 @@ async fn forward(
         rp.headers.insert(X_LATTICE_SESSION, log.session.clone());
     }
     let streamed = !rp.headers.contains_key(header::CONTENT_LENGTH);
+    if let Some(s) = log.spend.as_mut() {
+        let ct = rp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map_or(&b""[..], |v| v.as_bytes());
+        s.start(dialect, rp.status, ct);
+    }
     log.status = rp.status.as_u16();
     Response::from_parts(rp, ResponseBody::upstream(body, streamed).with_log(log))
+}
+
+/// The call's decision record is durable at `seq`: its settlement will name it.
+fn decided(log: &mut AccessLog, seq: u64) {
+    if let Some(s) = log.spend.as_mut() {
+        s.decision_seq = seq;
+    }
+}
+
+/// Asks an OpenAI upstream for a stream's usage (`stream_options.include_usage`). Without a
+/// `stream_options` key (the usual case) the member is spliced in after the opening brace and
+/// no other byte changes; otherwise the body is re-serialised with the flag set.
+fn with_include_usage(body: Bytes) -> Bytes {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    if memchr::memmem::find(&body, br#""stream_options""#).is_none()
+        && let Some(open) = memchr::memchr(b'{', &body)
+    {
+        let mut out = BytesMut::with_capacity(body.len() + MEMBER.len());
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(MEMBER);
+        out.extend_from_slice(&body[open + 1..]);
+        return out.freeze();
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            let opts = m
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !opts.is_object() {
+                *opts = serde_json::Value::Object(Default::default());
+            }
+            opts["include_usage"] = serde_json::Value::Bool(true);
+            serde_json::to_vec(&m).map(Bytes::from).unwrap_or(body)
+        }
+        _ => body,
+    }
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

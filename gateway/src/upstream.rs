@@ -179,3 +179,46 @@ pub(crate) fn build_client(connect_timeout: Duration) -> Result<HttpClient, rust
         .pool_max_idle_per_host(1024)
         .build(https))
 }
+
+/// Posts JSON events (budget thresholds) to a configured URL, in the background: a slow or
+/// failing receiver never holds up a call. Failures are logged, not retried.
+pub struct WebhookClient {
+    url: http::Uri,
+    client: Option<HttpClient>,
+}
+
+impl WebhookClient {
+    pub fn new(url: http::Uri) -> WebhookClient {
+        let client = build_client(Duration::from_secs(5))
+            .map_err(
+                |e| tracing::error!(error = %e, "webhook client could not be built; events are logged only"),
+            )
+            .ok();
+        WebhookClient { url, client }
+    }
+
+    pub fn post(&self, event: serde_json::Value) {
+        let Some(client) = self.client.clone() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut req = http::Request::new(Full::new(Bytes::from(event.to_string())));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.url.clone();
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        rt.spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                Ok(Ok(resp)) if resp.status().is_success() => {}
+                Ok(Ok(resp)) => tracing::warn!(
+                    status = resp.status().as_u16(),
+                    "budget webhook refused the event"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "budget webhook unreachable"),
+                Err(_) => tracing::warn!("budget webhook timed out"),
+            }
+        });
+    }
+}

@@ -60,6 +60,9 @@ struct DecisionPayload<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_sha256: Option<&'a str>,
     request_sha256: &'a str,
+    /// The worst case reserved on the call's budgets (the ledger's durable half).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<crate::budget::Reserved<'a>>,
 }
 
 fn who(p: &Option<Arc<Principal>>) -> Option<Who<'_>> {
@@ -79,6 +82,7 @@ pub fn decision(
     body: &[u8],
     denial: Option<&Denial>,
     upstream: Option<(&str, Option<&str>)>,
+    reservation: Option<&crate::budget::Reservation>,
 ) -> Event {
     let mut hex = [0u8; 64];
     let request_sha256 = crate::hex::encode_into(&Sha256::digest(body), &mut hex);
@@ -97,6 +101,7 @@ pub fn decision(
         reasons: denial.map(|d| d.message.as_ref()),
         policy_sha256: call.policy_sha256.as_deref(),
         request_sha256,
+        budget: reservation.map(|r| r.record()),
     };
     Event {
         kind: DECISION.into(),
@@ -116,6 +121,9 @@ pub struct EndPayload<'a> {
     /// The SHA-256 of the response body as sent (what reached the client, when it hung up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_sha256: Option<&'a str>,
+    /// The call's settlement: usage, how it was known, and what was charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<&'a crate::budget::Settlement>,
 }
 
 /// Appends the `call.end` event lazily: the response is already on its way, and this record

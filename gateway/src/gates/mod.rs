@@ -10,8 +10,10 @@
 
 pub mod audit;
 pub mod authz;
+pub mod budget;
 mod deny;
 pub mod identity;
+pub mod ratelimit;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -69,6 +71,10 @@ pub struct Call<'a> {
     pub model_override: Option<String>,
     /// The SHA-256 of the policy bundle that decided the call (set by the authorization gate).
     pub policy_sha256: Option<Arc<str>>,
+    /// The request body's length (the budget gate estimates input tokens from it).
+    pub body_len: usize,
+    /// The worst case reserved on the call's budgets (set by the budget gate).
+    pub reservation: Option<crate::budget::Reservation>,
 }
 
 /// A gate's refusal. Rendered in the client's dialect by the proxy; `message` must not contain
@@ -118,6 +124,7 @@ impl Pipeline {
         config: &Config,
         policy: Option<Arc<crate::policy::store::PolicyStore>>,
         jwks: Option<Arc<crate::jwt::Jwks>>,
+        budgets: Option<Arc<crate::budget::Budgets>>,
     ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
@@ -129,10 +136,17 @@ impl Pipeline {
         if let Some(store) = policy {
             gates.push(Box::new(authz::Authorization::new(store)));
         }
-        // Constraints: the static deny list is the first; budgets, rate limits, PII, tool gate
-        // and model lock follow it. A static rule needs no principal, so it is cheap to keep here.
+        // Constraints: the static deny list is the first (a static rule is the cheapest check),
+        // then rate limits, then budgets last: a reservation is only made for a call that every
+        // other gate let through. PII, tool gate and model lock join here.
         if let Some(g) = deny::DenyList::from_config(&config.deny) {
             gates.push(Box::new(g));
+        }
+        if let Some(b) = budgets {
+            if !config.budgets.rate_limits.is_empty() {
+                gates.push(Box::new(ratelimit::RateLimits(b.clone())));
+            }
+            gates.push(Box::new(budget::BudgetGate(b)));
         }
         Ok(Pipeline { gates, identity })
     }

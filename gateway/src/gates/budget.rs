@@ -1,0 +1,59 @@
+//! The budget gate: reserves the call's worst-case cost on every budget it charges, or refuses
+//! it (429 with `Retry-After` at the window's reset). The reservation travels with the call and
+//! is settled with the real usage when the answer ends (`crate::budget`).
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use lattice_providers::Surface;
+
+use super::{Call, Denial, Gate};
+use crate::budget::Budgets;
+
+pub struct BudgetGate(pub Arc<Budgets>);
+
+impl Gate for BudgetGate {
+    fn name(&self) -> &'static str {
+        "budget"
+    }
+
+    fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
+        let v = call.view;
+        // Counting tokens costs nothing upstream.
+        if v.surface == Surface::CountTokens {
+            return Ok(());
+        }
+        // Priced as sent: a policy's model, else the route's upstream name for the model.
+        let route = call.route;
+        let (upstream, model) = match (&call.model_override, route) {
+            (Some(m), _) => ("", m.as_str()),
+            (None, Some(r)) => (&*r.upstream.name, r.upstream_model.as_deref().unwrap_or(&v.model)),
+            (None, None) => ("", v.model.as_ref()),
+        };
+        let generates = v.surface != Surface::Embeddings;
+        match self.0.reserve(
+            call.principal.as_deref(),
+            upstream,
+            model,
+            call.body_len,
+            v.max_tokens,
+            generates,
+        ) {
+            Ok(r) => {
+                call.reservation = Some(r);
+                Ok(())
+            }
+            Err(r) => Err(Denial {
+                gate: "budget",
+                code: r.code,
+                status: if r.code == "budget_exceeded" {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::FORBIDDEN
+                },
+                message: r.message.into(),
+                retry_after: r.retry_after,
+            }),
+        }
+    }
+}
