@@ -1295,22 +1295,32 @@ fn shipped_quickstart_works_as_the_readme_says() {
 /// in full (the body's closing brace arrived).
 fn chat_ok(addr: SocketAddr, request_id: &str) -> bool {
     let body = r#"{"model":"demo","messages":[{"role":"user","content":"hello"}]}"#;
+    post_ok(addr, request_id, body).trim_end().ends_with('}')
+}
+
+/// POSTs `body` to the chat surface over a fresh connection; the response if it was a 200 (as
+/// far as it arrived), else empty.
+fn post_ok(addr: SocketAddr, request_id: &str, body: &str) -> String {
     let req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
          content-type: application/json\r\nx-request-id: {request_id}\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return false;
+        return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     if s.write_all(req.as_bytes()).is_err() {
-        return false;
+        return String::new();
     }
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
-    text.starts_with("HTTP/1.1 200") && text.trim_end().ends_with('}')
+    if text.starts_with("HTTP/1.1 200") {
+        text.into_owned()
+    } else {
+        String::new()
+    }
 }
 
 /// A config serving `demo` from the mock, with its data dir (and audit log) in `dir/data`;
@@ -1325,26 +1335,30 @@ fn mock_config(dir: &Path, extra: &str) -> (PathBuf, PathBuf) {
     (write_file(dir, "mock.toml", &text), data)
 }
 
-#[test]
-fn kill_9_under_load_loses_no_acknowledged_audit_record() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (config, data) = mock_config(tmp.path(), "[audit]\nsync = \"always\"\nsegment_bytes = 65536");
-    let mut acknowledged: Vec<String> = Vec::new();
-    // A fixed sequence of kill moments, so a failure repeats.
-    for (round, kill_after_ms) in [120u64, 35, 260, 80, 190, 10].into_iter().enumerate() {
-        let s = serve(&config);
+/// Serves `config` once per kill moment (ms after start), with four clients calling
+/// `call(addr, request_id)` in a loop, and SIGKILLs it at that moment; returns the request ids
+/// (`{prefix}{round}-{client}-{n}`) of the calls `call` saw complete.
+fn under_kills(
+    config: &Path,
+    kills: &[u64],
+    prefix: &str,
+    call: fn(SocketAddr, &str) -> bool,
+) -> Vec<String> {
+    let mut done = Vec::new();
+    for (round, &kill_after_ms) in kills.iter().enumerate() {
+        let s = serve(config);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
             .map(|t| {
-                let (addr, stop) = (s.addr, stop.clone());
+                let (addr, stop, prefix) = (s.addr, stop.clone(), prefix.to_string());
                 thread::spawn(move || {
                     let mut ok = Vec::new();
                     for i in 0.. {
                         if stop.load(std::sync::atomic::Ordering::SeqCst) {
                             break;
                         }
-                        let id = format!("r{round}-t{t}-{i}");
-                        if chat_ok(addr, &id) {
+                        let id = format!("{prefix}{round}-t{t}-{i}");
+                        if call(addr, &id) {
                             ok.push(id);
                         }
                     }
@@ -1357,9 +1371,18 @@ fn kill_9_under_load_loses_no_acknowledged_audit_record() {
         let _ = proc.kill_and_collect(); // SIGKILL, mid-load
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         for c in clients {
-            acknowledged.extend(c.join().expect("client thread"));
+            done.extend(c.join().expect("client thread"));
         }
     }
+    done
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_audit_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (config, data) = mock_config(tmp.path(), "[audit]\nsync = \"always\"\nsegment_bytes = 65536");
+    // A fixed sequence of kill moments, so a failure repeats.
+    let acknowledged = under_kills(&config, &[120, 35, 260, 80, 190, 10], "r", chat_ok);
     assert!(
         acknowledged.len() >= 20,
         "too little load to mean anything: {}",
@@ -1395,6 +1418,70 @@ fn kill_9_under_load_loses_no_acknowledged_audit_record() {
         lost.len(),
         acknowledged.len(),
         &lost[..lost.len().min(5)]
+    );
+}
+
+/// `lattice_budget_spent_usd` of one budget account, from `/metrics`.
+fn metered_spend(addr: SocketAddr, budget: &str, subject: &str) -> String {
+    let metrics = get(addr, "/metrics");
+    let prefix = format!("lattice_budget_spent_usd{{budget=\"{budget}\",subject=\"{subject}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+        .to_string()
+}
+
+#[test]
+fn kill_9_mid_stream_charges_open_reservations_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let text = format!(
+        "data_dir = \"{}\"\n[audit]\nsync = \"always\"\n[budgets]\n[[budgets.limit]]\nname = \"all\"\n\
+         scope = \"team\"\nwindow = \"monthly\"\nusd = 1000.0\n[prices.demo]\ninput = 1.0\noutput = 2.0\n\
+         [server]\nlisten = \"127.0.0.1:0\"\n[upstreams.mock]\nkind = \"mock\"\nchunk_delay_ms = 5\n\
+         [[routes]]\nmodel = \"demo\"\nupstream = \"mock\"\n",
+        data.display()
+    );
+    let config = write_file(tmp.path(), "budget.toml", &text);
+    let completed = under_kills(&config, &[150, 90, 220], "b", |addr, id| {
+        let body = r#"{"model":"demo","stream":true,"messages":[{"role":"user","content":"one two three four five six"}]}"#;
+        post_ok(addr, id, body).contains("data: [DONE]")
+    })
+    .len() as u64;
+    assert!(completed >= 8, "too little load to mean anything: {completed}");
+
+    let dir = data.to_str().expect("utf-8");
+    let report = run(&["spend", "--data-dir", dir, "--group-by", "team,model"]);
+    assert!(report.status.success(), "{}", report.stderr);
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("JSON report");
+    let total = &report["total"];
+    // Every kill cut streams whose reservations were durable and never settled.
+    assert!(total["unsettled_calls"].as_u64().expect("count") >= 1, "{report}");
+    assert!(total["calls"].as_u64().expect("count") >= completed, "{report}");
+    let logged = total["cost_usd"].as_str().expect("cost").to_string();
+    assert_eq!(report["rows"][0]["model"], "demo", "{report}");
+
+    // The rebuilt ledger holds exactly what the log says, however often it is rebuilt.
+    for _ in 0..2 {
+        let s = serve(&config);
+        assert_eq!(metered_spend(s.addr, "all", "-"), logged);
+        s.stop();
+    }
+    let csv = run(&[
+        "spend",
+        "--data-dir",
+        dir,
+        "--group-by",
+        "model",
+        "--format",
+        "csv",
+    ]);
+    assert!(
+        csv.stdout.starts_with("model,calls,unsettled_calls,")
+            && csv.stdout.contains(&format!(",{logged}\n")),
+        "{}",
+        csv.stdout
     );
 }
 

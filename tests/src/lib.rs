@@ -249,6 +249,8 @@ fn json(status: StatusCode, body: &str) -> Response<MockBody> {
     r
 }
 
+pub mod usage;
+
 /// A streamed body fed by a channel: the sender learns when the reader has gone.
 pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
 

@@ -411,14 +411,24 @@ fn applies(team: Option<&str>, p: Option<&Principal>) -> bool {
     team.is_none_or(|t| p.is_some_and(|p| p.team == t))
 }
 
-/// The subject of `scope` for a principal (anonymous callers share `-`).
+/// The subject of `scope` for a principal (an anonymous caller's key, user and team are `-`).
 fn subject(scope: Scope, p: Option<&Principal>, model: &str) -> String {
-    let Some(p) = p else { return "-".into() };
+    let (key, user, team) = p.map_or(("-", "-", "-"), |p| (&p.id, &p.user, &p.team));
     match scope {
-        Scope::Key => p.id.clone(),
-        Scope::User => p.user.clone(),
-        Scope::Team => p.team.clone(),
-        Scope::TeamModel => format!("{}/{model}", p.team),
+        Scope::Key => key.to_string(),
+        Scope::User => user.to_string(),
+        Scope::Team => team.to_string(),
+        Scope::TeamModel => format!("{team}/{model}"),
+    }
+}
+
+/// A budget's caps in words: `$10.000000000`, `5000 tokens`, or both.
+fn caps_text(c: Caps) -> String {
+    match (c.nano_usd, c.tokens) {
+        (Some(u), Some(t)) => format!("${} and {t} tokens", usd(u)),
+        (Some(u), None) => format!("${}", usd(u)),
+        (None, Some(t)) => format!("{t} tokens"),
+        (None, None) => "no cap".into(),
     }
 }
 
@@ -583,17 +593,15 @@ impl Budgets {
                 .iter()
                 .position(|a| *a == e.account)
                 .and_then(|i| ends[i]);
-            let cap = e.account.caps;
             let mut message = format!(
-                "budget `{}` for `{}` is exhausted: this call may cost up to ${} and {} tokens; ${} and {} tokens of {}{} are spent or reserved",
+                "budget `{}` for `{}` is exhausted: this call may cost up to ${} and {} tokens; ${} and {} tokens of its {} are spent or reserved",
                 e.account.budget,
                 e.account.subject,
                 usd(amount.nano_usd),
                 amount.tokens,
                 usd(e.used.nano_usd),
                 e.used.tokens,
-                cap.nano_usd.map_or(String::new(), |c| format!("${}", usd(c))),
-                cap.tokens.map_or(String::new(), |t| format!(" / {t} tokens")),
+                caps_text(e.account.caps),
             );
             match end {
                 Some(end) => message.push_str(&format!("; the window resets in {} s", end - now)),
@@ -633,15 +641,16 @@ impl Budgets {
             let Some((l, cap)) = self.rates.get(*i).and_then(|r| r.tpm.as_ref()) else {
                 continue;
             };
-            // The request itself took one cell at the gate.
-            let mut left = u32::try_from(tokens.saturating_sub(1))
+            // The request itself took one cell at the gate. Take the rest in the largest
+            // pieces the limiter still has, until it is all taken or the limiter is empty.
+            let mut want = u32::try_from(tokens.saturating_sub(1))
                 .unwrap_or(u32::MAX)
                 .min(cap.get());
-            while let Some(n) = NonZeroU32::new(left) {
+            let mut step = want;
+            while let Some(n) = NonZeroU32::new(step.min(want)) {
                 match l.check_key_n(key, n) {
-                    Ok(Ok(())) => break,
-                    // Not that many left this minute: take what there is (halving).
-                    _ => left /= 2,
+                    Ok(Ok(())) => want -= n.get(),
+                    _ => step /= 2,
                 }
             }
         }
