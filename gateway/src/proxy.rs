@@ -788,6 +788,7 @@ pub async fn handle(
         model_override: None,
         policy_sha256: None,
         body_len: bytes.len(),
+        budget_obligations: Vec::new(),
         reservation: None,
     };
     let checked = state.pipeline.check(&mut call);

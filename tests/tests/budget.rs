@@ -476,3 +476,60 @@ async fn requests_and_tokens_per_minute() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_policy_can_set_budgets_and_a_malformed_one_fails_closed() {
+    let up = UsageUpstream::start(None).await;
+    let pol = tempfile::tempdir().unwrap();
+    // Claude calls get a daily budget of 40 tokens from the policy; the rest none.
+    std::fs::write(
+        pol.path().join("p.rego"),
+        r#"package lattice.authz
+import rego.v1
+budget := {"budget": {"name": "claude-daily", "scope": "team", "window": "daily", "tokens": 40}} if {
+	startswith(input.request.model, "claude")
+} else := {}
+decision := {"allow": true, "reasons": [], "obligations": budget}
+"#,
+    )
+    .unwrap();
+    let extra = format!(
+        "[budgets]\n[authorization]\npolicy_dir = \"{}\"\n",
+        pol.path().display()
+    );
+    let gw = TestGateway::start(&config(up.addr, &extra)).await;
+    // Each Claude call reserves 27 estimated + 5 and settles 9 + 5: the second does not fit.
+    let first = post(gw.addr, "/v1/messages", chat("claude-test", 5, "")).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let mut second = post(gw.addr, "/v1/messages", chat("claude-test", 5, "")).await;
+    for _ in 0..50 {
+        if second.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        second = post(gw.addr, "/v1/messages", chat("claude-test", 5, "")).await;
+    }
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.text().contains("policy:claude-daily"), "{}", second.text());
+    // GPT calls carry no policy budget.
+    for _ in 0..3 {
+        assert_eq!(
+            post(gw.addr, "/v1/chat/completions", chat("gpt-test", 5, ""))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    gw.stop().await;
+
+    std::fs::write(
+        pol.path().join("p.rego"),
+        "package lattice.authz\nimport rego.v1\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {\"budget\": {\"name\": \"x\", \"scope\": \"galaxy\", \"window\": \"daily\", \"usd\": 1}}}\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start(&config(up.addr, &extra)).await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("gpt-test", 5, "")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["error"]["code"], "policy_invalid");
+    gw.stop().await;
+}

@@ -61,6 +61,9 @@ pub struct AccountRef {
     pub budget: Arc<str>,
     pub subject: Arc<str>,
     pub window: i64,
+    /// The window's end (none for a total budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
     #[serde(skip)]
     pub caps: Caps,
 }
@@ -126,8 +129,10 @@ impl Embedded {
 
 type Books = HashMap<Arc<str>, HashMap<Arc<str>, (Caps, Account)>>;
 
-/// The account of `r` in its window: a newer window starts afresh; `None` for an older one.
-fn account<'a>(books: &'a mut Books, r: &AccountRef) -> Option<&'a mut Account> {
+/// The account of `r` in its window. Another window (a new day; or a budget whose window was
+/// reconfigured) starts afresh when `fresh`; a settlement (`fresh` false) of another window
+/// touches nothing.
+fn account<'a>(books: &'a mut Books, r: &AccountRef, fresh: bool) -> Option<&'a mut Account> {
     // Looked up by reference first: the names are cloned only for a new account.
     if !books.contains_key(&r.budget) {
         books.insert(r.budget.clone(), HashMap::new());
@@ -143,7 +148,7 @@ fn account<'a>(books: &'a mut Books, r: &AccountRef) -> Option<&'a mut Account> 
     let entry = by_subject.get_mut(&r.subject)?;
     entry.0 = r.caps;
     let a = &mut entry.1;
-    if r.window > a.window {
+    if fresh && r.window != a.window {
         *a = Account {
             window: r.window,
             ..Account::default()
@@ -156,7 +161,7 @@ impl BudgetStore for Embedded {
     fn reserve(&self, accounts: &[AccountRef], amount: Amount) -> Result<(), Exceeded> {
         let mut books = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         for r in accounts {
-            if let Some(a) = account(&mut books, r) {
+            if let Some(a) = account(&mut books, r, true) {
                 let used = a.spent.add(a.reserved);
                 if !r.caps.admits(used.add(amount)) {
                     return Err(Exceeded {
@@ -167,7 +172,7 @@ impl BudgetStore for Embedded {
             }
         }
         for r in accounts {
-            if let Some(a) = account(&mut books, r) {
+            if let Some(a) = account(&mut books, r, true) {
                 a.reserved = a.reserved.add(amount);
             }
         }
@@ -178,7 +183,7 @@ impl BudgetStore for Embedded {
         let mut crossings = Vec::new();
         let mut books = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         for r in accounts {
-            if let Some(a) = account(&mut books, r) {
+            if let Some(a) = account(&mut books, r, false) {
                 let before = r.caps.share(a.spent);
                 a.reserved = a.reserved.sub(reserved);
                 a.spent = a.spent.add(actual);
@@ -200,7 +205,7 @@ impl BudgetStore for Embedded {
     fn restore(&self, accounts: &[AccountRef], spent: Amount) {
         let mut books = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         for r in accounts {
-            if let Some(a) = account(&mut books, r) {
+            if let Some(a) = account(&mut books, r, true) {
                 a.spent = a.spent.add(spent);
             }
         }
@@ -216,6 +221,7 @@ impl BudgetStore for Embedded {
                         budget: budget.clone(),
                         subject: subject.clone(),
                         window: a.window,
+                        until: None,
                         caps: *caps,
                     },
                     spent: a.spent,
@@ -240,6 +246,7 @@ mod tests {
             budget: budget.into(),
             subject: subject.into(),
             window,
+            until: None,
             caps: Caps {
                 nano_usd: Some(usd),
                 tokens: None,

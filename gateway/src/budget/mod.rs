@@ -121,6 +121,66 @@ pub struct RawLimit {
     model: Option<String>,
 }
 
+/// Budgets a policy's `budget` obligation sets are named with this prefix.
+pub const POLICY_PREFIX: &str = "policy:";
+
+impl RawLimit {
+    /// Checks one budget (`key` names it in errors); its name gets `prefix`.
+    fn validate(self, key: &str, prefix: &str) -> Result<Limit, Invalid> {
+        let bad = |k: String, m: String| (k, m);
+        if self.name.is_empty() {
+            return Err(bad(format!("{key}.name"), "must not be empty".into()));
+        }
+        if self.usd.is_none() && self.tokens.is_none() {
+            return Err(bad(key.to_string(), "set usd, tokens or both".into()));
+        }
+        let nano_usd = self
+            .usd
+            .map(|u| {
+                if (0.0..1.0e9).contains(&u) {
+                    Ok((u * 1.0e9).round() as u64)
+                } else {
+                    Err(bad(format!("{key}.usd"), format!("{u} is not an amount of USD")))
+                }
+            })
+            .transpose()?;
+        if let Some(m) = &self.model
+            && (m.is_empty() || m.find('*').is_some_and(|i| i + 1 != m.len()))
+        {
+            return Err(bad(
+                format!("{key}.model"),
+                format!("\"{m}\": a model name, or a prefix ending in `*`"),
+            ));
+        }
+        Ok(Limit {
+            name: format!("{prefix}{}", self.name).into(),
+            scope: self.scope,
+            window: self.window,
+            caps: Caps {
+                nano_usd,
+                tokens: self.tokens,
+            },
+            team: self.team,
+            model: self.model.as_deref().map(Pattern::new),
+        })
+    }
+}
+
+/// The budgets a policy decision's `budget` obligation sets: one object, or an array of them,
+/// each shaped as a `[[budgets.limit]]` (`name`, `scope`, `window`, `usd` and/or `tokens`,
+/// optional `team`, `model`). Their names are prefixed `policy:`.
+pub fn obligation(v: &serde_json::Value) -> Result<Vec<Limit>, String> {
+    let one = |v: &serde_json::Value, i: usize| {
+        let raw: RawLimit = serde_json::from_value(v.clone()).map_err(|e| format!("budget[{i}]: {e}"))?;
+        raw.validate(&format!("budget[{i}]"), POLICY_PREFIX)
+            .map_err(|(k, m)| format!("{k}: {m}"))
+    };
+    match v {
+        serde_json::Value::Array(a) => a.iter().enumerate().map(|(i, v)| one(v, i)).collect(),
+        v => one(v, 0).map(|l| vec![l]),
+    }
+}
+
 /// `[[rate_limits]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,44 +321,16 @@ pub fn validate(
                 .ok_or_else(|| bad("budgets.webhook".into(), format!("\"{w}\" is not an http(s) URL")))
         })
         .transpose()?;
-    let mut limits = Vec::with_capacity(b.limit.len());
+    let mut limits: Vec<Limit> = Vec::with_capacity(b.limit.len());
     for (i, l) in b.limit.into_iter().enumerate() {
         let key = format!("budgets.limit[{i}]");
-        if l.name.is_empty() || limits.iter().any(|x: &Limit| *x.name == *l.name) {
-            return Err(bad(format!("{key}.name"), "must be non-empty and unique".into()));
-        }
-        if l.usd.is_none() && l.tokens.is_none() {
-            return Err(bad(key, "set usd, tokens or both".into()));
-        }
-        let nano_usd = l
-            .usd
-            .map(|u| {
-                if (0.0..1.0e9).contains(&u) {
-                    Ok((u * 1.0e9).round() as u64)
-                } else {
-                    Err(bad(format!("{key}.usd"), format!("{u} is not an amount of USD")))
-                }
-            })
-            .transpose()?;
-        if let Some(m) = &l.model
-            && (m.is_empty() || m.find('*').is_some_and(|i| i + 1 != m.len()))
-        {
+        if limits.iter().any(|x| *x.name == *l.name) || l.name.starts_with(POLICY_PREFIX) {
             return Err(bad(
-                format!("{key}.model"),
-                format!("\"{m}\": a model name, or a prefix ending in `*`"),
+                format!("{key}.name"),
+                format!("must be unique and not start with `{POLICY_PREFIX}`"),
             ));
         }
-        limits.push(Limit {
-            name: l.name.into(),
-            scope: l.scope,
-            window: l.window,
-            caps: Caps {
-                nano_usd,
-                tokens: l.tokens,
-            },
-            team: l.team,
-            model: l.model.as_deref().map(Pattern::new),
-        });
+        limits.push(l.validate(&key, "")?);
     }
     Ok(BudgetConfig {
         enabled: true,
@@ -385,6 +417,22 @@ struct RateLimit {
     team: Option<String>,
     rpm: Option<Limiter>,
     tpm: Option<(Limiter, NonZeroU32)>,
+}
+
+/// What the budget gate asks the ledger to reserve for.
+#[derive(Clone, Copy)]
+pub struct Ask<'a> {
+    pub principal: Option<&'a Principal>,
+    /// The upstream and the model name the call is sent under (what is priced).
+    pub upstream: &'a str,
+    pub model: &'a str,
+    /// The request body's length: the input estimate.
+    pub body_len: usize,
+    pub max_tokens: Option<u64>,
+    /// False for embeddings: no output tokens.
+    pub generates: bool,
+    /// Budgets the policy decision set.
+    pub from_policy: &'a [Limit],
 }
 
 /// A refusal of the constraint gates, for the gates to render.
@@ -524,16 +572,17 @@ impl Budgets {
     }
 
     /// The budget gate: prices the call's worst case and reserves it on every budget account
-    /// the call charges. `upstream` and `model`: where the call goes, under which name.
-    pub fn reserve(
-        self: &Arc<Self>,
-        p: Option<&Principal>,
-        upstream: &str,
-        model: &str,
-        body_len: usize,
-        max_tokens: Option<u64>,
-        generates: bool,
-    ) -> Result<Reservation, Refusal> {
+    /// the call charges (the configured budgets and the policy's).
+    pub fn reserve(self: &Arc<Self>, call: &Ask<'_>) -> Result<Reservation, Refusal> {
+        let Ask {
+            principal: p,
+            upstream,
+            model,
+            body_len,
+            max_tokens,
+            generates,
+            from_policy,
+        } = *call;
         let price = match self.prices.get(upstream, model) {
             Some(p) => p,
             None if !self.config.enabled => Price::default(),
@@ -575,7 +624,7 @@ impl Budgets {
         let now = unix_now();
         let mut accounts = Vec::new();
         let mut ends = Vec::new();
-        for l in &self.config.limits {
+        for l in self.config.limits.iter().chain(from_policy) {
             if !applies(l.team.as_deref(), p) || l.model.as_ref().is_some_and(|m| !m.matches(model)) {
                 continue;
             }
@@ -584,6 +633,7 @@ impl Budgets {
                 budget: l.name.clone(),
                 subject: subject(l.scope, p, model).into(),
                 window,
+                until: end,
                 caps: l.caps,
             });
             ends.push(end);
@@ -795,6 +845,11 @@ impl Budgets {
                 .accounts
                 .into_iter()
                 .filter_map(|mut a| {
+                    // A policy's budget: current while its window lasts (its caps come with the
+                    // next call). A configured one: current in its configured window.
+                    if a.budget.starts_with(POLICY_PREFIX) {
+                        return (a.window <= now && a.until.is_none_or(|u| now < u)).then_some(a);
+                    }
                     let (caps, window) = self.current(&a.budget, now)?;
                     (a.window == window).then(|| {
                         a.caps = caps;

@@ -133,6 +133,17 @@ impl Gate for Authorization {
                 if let Some(m) = d.obligations.get("model").and_then(|m| m.as_str()) {
                     call.model_override = Some(m.to_string());
                 }
+                if let Some(b) = d.obligations.get("budget") {
+                    // A budget the gateway cannot read is not silently dropped: fail closed.
+                    call.budget_obligations = crate::budget::obligation(b).map_err(|e| {
+                        tracing::error!(error = %e, sha256 = bundle.sha256(), "policy's budget obligation is malformed; call refused");
+                        deny(
+                            StatusCode::FORBIDDEN,
+                            "policy_invalid",
+                            "the authorization policy set a budget the gateway cannot read".into(),
+                        )
+                    })?;
+                }
                 Ok(())
             }
             Ok(d) if d.reasons.is_empty() => Err(deny(

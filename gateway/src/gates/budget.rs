@@ -30,15 +30,16 @@ impl Gate for BudgetGate {
             (None, Some(r)) => (&*r.upstream.name, r.upstream_model.as_deref().unwrap_or(&v.model)),
             (None, None) => ("", v.model.as_ref()),
         };
-        let generates = v.surface != Surface::Embeddings;
-        match self.0.reserve(
-            call.principal.as_deref(),
+        let ask = crate::budget::Ask {
+            principal: call.principal.as_deref(),
             upstream,
             model,
-            call.body_len,
-            v.max_tokens,
-            generates,
-        ) {
+            body_len: call.body_len,
+            max_tokens: v.max_tokens,
+            generates: v.surface != Surface::Embeddings,
+            from_policy: &call.budget_obligations,
+        };
+        match self.0.reserve(&ask) {
             Ok(r) => {
                 call.reservation = Some(r);
                 Ok(())

@@ -73,6 +73,8 @@ pub struct Call<'a> {
     pub policy_sha256: Option<Arc<str>>,
     /// The request body's length (the budget gate estimates input tokens from it).
     pub body_len: usize,
+    /// Budgets the policy decision set (its `budget` obligation), charged with the configured.
+    pub budget_obligations: Vec<crate::budget::Limit>,
     /// The worst case reserved on the call's budgets (set by the budget gate).
     pub reservation: Option<crate::budget::Reservation>,
 }
