@@ -97,6 +97,18 @@ upstream = "anthropic_up"
 model = "demo"
 upstream = "local"
 aliases = ["demo-alias"]
+
+# Every call is metered: streams are asked for their usage, which the SDK must never see
+# unless it asked for it.
+[budgets]
+unknown_model = "default"
+default_price = {{ input = 1.0, output = 2.0 }}
+
+[[budgets.limit]]
+name = "sdk-suite"
+scope = "team"
+window = "daily"
+usd = 1000.0
 """
 
 
