@@ -533,3 +533,27 @@ decision := {"allow": true, "reasons": [], "obligations": budget}
     assert_eq!(r.json()["error"]["code"], "policy_invalid");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_policy_sees_the_estimated_cost() {
+    let up = UsageUpstream::start(None).await;
+    let pol = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pol.path().join("p.rego"),
+        r#"package lattice.authz
+import rego.v1
+reasons := ["over $0.0001 a call"] if input.request.estimated_cost_usd > 0.0001 else := []
+decision := {"allow": count(reasons) == 0, "reasons": reasons, "obligations": {}}
+"#,
+    )
+    .unwrap();
+    let extra = format!("[budgets]\n[authorization]\npolicy_dir = \"{}\"\n", pol.path().display());
+    let gw = TestGateway::start(&config(up.addr, &extra)).await;
+    // gpt-exact: output at $1/M, input free. 50 tokens: $0.00005; 500: $0.0005.
+    let cheap = post(gw.addr, "/v1/chat/completions", chat("gpt-exact", 50, "")).await;
+    assert_eq!(cheap.status, StatusCode::OK, "{}", cheap.text());
+    let dear = post(gw.addr, "/v1/chat/completions", chat("gpt-exact", 500, "")).await;
+    assert_eq!(dear.status, StatusCode::FORBIDDEN);
+    assert!(dear.text().contains("over $0.0001 a call"), "{}", dear.text());
+    gw.stop().await;
+}

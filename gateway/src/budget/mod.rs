@@ -419,6 +419,17 @@ struct RateLimit {
     tpm: Option<(Limiter, NonZeroU32)>,
 }
 
+/// Where a call is priced: the upstream and the model name it is sent under (a policy's model,
+/// else the route's upstream name for the model, else the model as asked).
+pub fn priced_as<'a>(call: &'a crate::gates::Call<'_>) -> (&'a str, &'a str) {
+    let v = call.view;
+    match (&call.model_override, call.route) {
+        (Some(m), _) => ("", m.as_str()),
+        (None, Some(r)) => (&*r.upstream.name, r.upstream_model.as_deref().unwrap_or(&v.model)),
+        (None, None) => ("", v.model.as_ref()),
+    }
+}
+
 /// What the budget gate asks the ledger to reserve for.
 #[derive(Clone, Copy)]
 pub struct Ask<'a> {
@@ -548,6 +559,62 @@ impl Budgets {
         }
     }
 
+    /// The price of `model` sent to `upstream`; a model without one is refused, or charged the
+    /// default price, as configured (free when only rate limits are configured).
+    fn price(&self, upstream: &str, model: &str) -> Result<Price, Refusal> {
+        match self.prices.get(upstream, model) {
+            Some(p) => Ok(p),
+            None if !self.config.enabled => Ok(Price::default()),
+            None => match (self.config.unknown_model, self.config.default_price) {
+                (UnknownModel::Default, Some(d)) => {
+                    tracing::warn!(
+                        model,
+                        upstream,
+                        "no price for this model; charging the default price"
+                    );
+                    Ok(d)
+                }
+                _ => Err(Refusal {
+                    code: "model_price_unknown",
+                    message: format!(
+                        "the model `{model}` has no price on this gateway, so its cost cannot be budgeted"
+                    ),
+                    retry_after: None,
+                }),
+            },
+        }
+    }
+
+    /// The worst case of a call: (input tokens estimated from the body, output tokens).
+    fn worst_case(&self, body_len: usize, max_tokens: Option<u64>, generates: bool) -> (u64, u64) {
+        let input = (body_len as u64).div_ceil(self.config.bytes_per_token);
+        let output = if generates {
+            max_tokens.unwrap_or(self.config.default_max_tokens)
+        } else {
+            0
+        };
+        (input, output)
+    }
+
+    /// `request.estimated_cost_usd` of the policy input: the worst case the budget gate will
+    /// reserve, in USD; `None` without a price.
+    pub fn estimate(&self, call: &crate::gates::Call<'_>) -> Option<f64> {
+        let v = call.view;
+        let (upstream, model) = priced_as(call);
+        let price = self.prices.get(upstream, model)?;
+        let (input, output) = self.worst_case(
+            call.body_len,
+            v.max_tokens,
+            v.surface != lattice_providers::Surface::Embeddings,
+        );
+        let nano = price.cost(&Usage {
+            input,
+            output,
+            ..Usage::default()
+        });
+        Some(nano as f64 / 1e9)
+    }
+
     /// The rate-limit gate: requests per minute, and tokens per minute not used up.
     pub fn check_rates(&self, p: Option<&Principal>) -> Result<(), Refusal> {
         for r in &self.rates {
@@ -583,35 +650,8 @@ impl Budgets {
             generates,
             from_policy,
         } = *call;
-        let price = match self.prices.get(upstream, model) {
-            Some(p) => p,
-            None if !self.config.enabled => Price::default(),
-            None => match (self.config.unknown_model, self.config.default_price) {
-                (UnknownModel::Default, Some(d)) => {
-                    tracing::warn!(
-                        model,
-                        upstream,
-                        "no price for this model; charging the default price"
-                    );
-                    d
-                }
-                _ => {
-                    return Err(Refusal {
-                        code: "model_price_unknown",
-                        message: format!(
-                            "the model `{model}` has no price on this gateway, so its cost cannot be budgeted"
-                        ),
-                        retry_after: None,
-                    });
-                }
-            },
-        };
-        let estimated_input = (body_len as u64).div_ceil(self.config.bytes_per_token);
-        let output = if generates {
-            max_tokens.unwrap_or(self.config.default_max_tokens)
-        } else {
-            0
-        };
+        let price = self.price(upstream, model)?;
+        let (estimated_input, output) = self.worst_case(body_len, max_tokens, generates);
         let worst = Usage {
             input: estimated_input,
             output,

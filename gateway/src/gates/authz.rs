@@ -17,11 +17,13 @@ use crate::policy::{INPUT_VERSION, PolicyError};
 
 pub struct Authorization {
     store: Arc<PolicyStore>,
+    /// Prices the call for `request.estimated_cost_usd` (when budgets are configured).
+    budgets: Option<Arc<crate::budget::Budgets>>,
 }
 
 impl Authorization {
-    pub fn new(store: Arc<PolicyStore>) -> Authorization {
-        Authorization { store }
+    pub fn new(store: Arc<PolicyStore>, budgets: Option<Arc<crate::budget::Budgets>>) -> Authorization {
+        Authorization { store, budgets }
     }
 }
 
@@ -50,7 +52,7 @@ const WEEKDAYS: [&str; 7] = [
 ];
 
 /// The input document, version 1.
-fn input(call: &Call<'_>) -> Value {
+fn input(call: &Call<'_>, budgets: Option<&crate::budget::Budgets>) -> Value {
     let principal = match &call.principal {
         None => Value::Null,
         Some(p) => {
@@ -90,8 +92,13 @@ fn input(call: &Call<'_>) -> Value {
         ("max_tokens", v.max_tokens.map_or(Value::Null, Value::from)),
         ("tools", strs(v.tools.iter().map(|t| t.as_ref()))),
         ("session", Value::from(call.session)),
-        // Needs the price table (the budgets issue); null until then.
-        ("estimated_cost_usd", Value::Null),
+        // The worst case the budget gate will reserve; null without budgets or a price.
+        (
+            "estimated_cost_usd",
+            budgets
+                .and_then(|b| b.estimate(call))
+                .map_or(Value::Null, Value::from),
+        ),
     ]);
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -128,7 +135,7 @@ impl Gate for Authorization {
             message: message.into(),
             retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1),
         };
-        match bundle.decide(input(call)) {
+        match bundle.decide(input(call, self.budgets.as_deref())) {
             Ok(d) if d.allow => {
                 if let Some(m) = d.obligations.get("model").and_then(|m| m.as_str()) {
                     call.model_override = Some(m.to_string());

@@ -23,13 +23,7 @@ impl Gate for BudgetGate {
         if v.surface == Surface::CountTokens {
             return Ok(());
         }
-        // Priced as sent: a policy's model, else the route's upstream name for the model.
-        let route = call.route;
-        let (upstream, model) = match (&call.model_override, route) {
-            (Some(m), _) => ("", m.as_str()),
-            (None, Some(r)) => (&*r.upstream.name, r.upstream_model.as_deref().unwrap_or(&v.model)),
-            (None, None) => ("", v.model.as_ref()),
-        };
+        let (upstream, model) = crate::budget::priced_as(call);
         let ask = crate::budget::Ask {
             principal: call.principal.as_deref(),
             upstream,

@@ -136,7 +136,7 @@ impl Pipeline {
         }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
         if let Some(store) = policy {
-            gates.push(Box::new(authz::Authorization::new(store)));
+            gates.push(Box::new(authz::Authorization::new(store, budgets.clone())));
         }
         // Constraints: the static deny list is the first (a static rule is the cheapest check),
         // then rate limits, then budgets last: a reservation is only made for a call that every
