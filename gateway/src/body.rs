@@ -44,6 +44,12 @@ impl<B> Coalesce<B> {
     fn take(&mut self) -> Frame<Bytes> {
         Frame::data(self.buf.split().freeze())
     }
+
+    /// What was read but not yet handed on, and the inner body (for reading what has arrived
+    /// when the reader has gone).
+    fn parts(&mut self) -> (Bytes, &mut B) {
+        (self.buf.split().freeze(), &mut self.inner)
+    }
 }
 
 impl<B> Body for Coalesce<B>
@@ -268,6 +274,51 @@ impl Drop for ResponseBody {
             && log.outcome == Outcome::Complete
         {
             log.outcome = Outcome::ClientClosed;
+        }
+        if !self.ended {
+            self.meter_arrived();
+        }
+    }
+}
+
+/// At most this many frames are read, without waiting, from an answer the client left.
+const ARRIVED_MAX: usize = 256;
+
+impl ResponseBody {
+    /// The client went away mid-answer: what the upstream already delivered (received by the
+    /// connection but not yet forwarded) was generated all the same, so the meter reads it
+    /// before the upstream connection closes. Never waits.
+    fn meter_arrived(&mut self) {
+        let Some(meter) = self
+            .log
+            .as_mut()
+            .and_then(|l| l.spend.as_mut())
+            .and_then(|s| s.meter.as_mut())
+        else {
+            return;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..ARRIVED_MAX {
+            let inner = match &mut self.payload {
+                Payload::Passthrough(b) => b,
+                Payload::Stream(b) => {
+                    let (held, inner) = b.parts();
+                    if !held.is_empty() {
+                        meter.feed(held);
+                    }
+                    inner
+                }
+                Payload::Mock(_) | Payload::Full(_) => return,
+            };
+            let polled = Pin::new(inner).poll_frame(&mut cx);
+            match polled {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Ok(d) = f.into_data() {
+                        meter.feed(d);
+                    }
+                }
+                _ => return,
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Every answer has 9 prompt tokens, 2 of them cached (OpenAI: `prompt_tokens` 9 with
 //! `cached_tokens` 2; Anthropic: `input_tokens` 7 and `cache_read_input_tokens` 2), and
 //! `max_tokens` output tokens (5 when the request sets none): one per streamed delta. A stream's
-//! output token counts as generated once its event is handed to the connection.
+//! output token counts as generated once hyper takes its event to write it to the connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +22,29 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::ChannelBody;
+/// A stream body that counts each event's output tokens when hyper takes the event to write it.
+pub struct CountingBody {
+    rx: tokio::sync::mpsc::Receiver<(Bytes, u64)>,
+    counters: Arc<Counters>,
+}
+
+impl http_body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        this.rx.poll_recv(cx).map(|o| {
+            o.map(|(b, tokens)| {
+                this.counters.generated.fetch_add(tokens, Ordering::SeqCst);
+                Ok(http_body::Frame::data(b))
+            })
+        })
+    }
+}
 
 pub const PROMPT_TOKENS: u64 = 9;
 pub const CACHED_TOKENS: u64 = 2;
@@ -43,7 +65,7 @@ pub struct UsageUpstream {
     _stop: oneshot::Sender<()>,
 }
 
-type Body = http_body_util::Either<Full<Bytes>, ChannelBody>;
+type Body = http_body_util::Either<Full<Bytes>, CountingBody>;
 
 impl UsageUpstream {
     /// `pace`: the pause before each streamed event after the first.
@@ -211,9 +233,9 @@ async fn answer(req: Request<Incoming>, c: Arc<Counters>, pace: Option<Duration>
         }
         events.push((Bytes::from_static(b"data: [DONE]\n\n"), 0));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, u64)>(1);
     tokio::spawn(async move {
-        for (i, (ev, tokens)) in events.into_iter().enumerate() {
+        for (i, ev) in events.into_iter().enumerate() {
             if i > 0
                 && let Some(p) = pace
             {
@@ -222,10 +244,9 @@ async fn answer(req: Request<Incoming>, c: Arc<Counters>, pace: Option<Duration>
             if tx.send(ev).await.is_err() {
                 return;
             }
-            c.generated.fetch_add(tokens, Ordering::SeqCst);
         }
     });
-    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    let mut r = Response::new(http_body_util::Either::Right(CountingBody { rx, counters: c }));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());

@@ -285,7 +285,8 @@ impl Lcg {
 async fn clients_that_hang_up_are_charged_what_was_generated() {
     const CALLS: u64 = 40;
     const OUTPUT: u64 = 30;
-    let up = UsageUpstream::start(Some(Duration::from_millis(3))).await;
+    // Paced as a model streams (10 ms a token), so a hang-up is noticed between tokens.
+    let up = UsageUpstream::start(Some(Duration::from_millis(10))).await;
     let gw = TestGateway::start(&config(
         up.addr,
         r#"[budgets]
@@ -547,7 +548,10 @@ decision := {"allow": count(reasons) == 0, "reasons": reasons, "obligations": {}
 "#,
     )
     .unwrap();
-    let extra = format!("[budgets]\n[authorization]\npolicy_dir = \"{}\"\n", pol.path().display());
+    let extra = format!(
+        "[budgets]\n[authorization]\npolicy_dir = \"{}\"\n",
+        pol.path().display()
+    );
     let gw = TestGateway::start(&config(up.addr, &extra)).await;
     // gpt-exact: output at $1/M, input free. 50 tokens: $0.00005; 500: $0.0005.
     let cheap = post(gw.addr, "/v1/chat/completions", chat("gpt-exact", 50, "")).await;
