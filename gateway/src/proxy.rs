@@ -365,9 +365,15 @@ fn readiness(state: &State) -> (StatusCode, Bytes) {
     (status, Bytes::from(detail.to_string()))
 }
 
-fn refusal(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Rejection {
+/// A refusal of an endpoint outside the call path (`gate` names it in the access record).
+fn refusal(
+    gate: &'static str,
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<Cow<'static, str>>,
+) -> Rejection {
     Rejection::Denied(Denial {
-        gate: "sessions",
+        gate,
         code,
         status,
         message: message.into(),
@@ -400,16 +406,26 @@ fn session_access(
         .pipeline
         .identify(&parts.headers, conn)
         .map_err(Rejection::Denied)?;
-    let (owner, compaction) = audit
-        .session_info(&id)
-        .ok_or_else(|| refusal(StatusCode::NOT_FOUND, "session_not_found", "no such session"))?;
+    let (owner, compaction) = audit.session_info(&id).ok_or_else(|| {
+        refusal(
+            "sessions",
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "no such session",
+        )
+    })?;
     let may = match &principal {
         None => owner.is_empty(),
         Some(p) => p.id == owner || p.roles.iter().any(|r| r == "admin"),
     };
     if !may {
         let msg = "the session belongs to another principal";
-        return Err(refusal(StatusCode::FORBIDDEN, "session_forbidden", msg));
+        return Err(refusal(
+            "sessions",
+            StatusCode::FORBIDDEN,
+            "session_forbidden",
+            msg,
+        ));
     }
     Ok(SessionAccess {
         audit,
@@ -455,7 +471,7 @@ async fn session_events(
             let msg =
                 format!("bad query parameter `{pair}`: use after=<sequence number> and limit=<1..1000>");
             return reject(
-                refusal(StatusCode::BAD_REQUEST, "invalid_request", msg),
+                refusal("sessions", StatusCode::BAD_REQUEST, "invalid_request", msg),
                 dialect,
                 rid,
                 log,
@@ -520,7 +536,7 @@ async fn session_compaction(
     if !serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object()) {
         let msg = "the body must be a JSON object describing the compaction";
         return reject(
-            refusal(StatusCode::BAD_REQUEST, "invalid_request", msg),
+            refusal("sessions", StatusCode::BAD_REQUEST, "invalid_request", msg),
             dialect,
             rid,
             log,
@@ -578,7 +594,7 @@ fn finance_caller(
     let may = |r: &String| r == "admin" || r == "finance" || (!also.is_empty() && r == also);
     if principal.as_ref().is_some_and(|p| !p.roles.iter().any(may)) {
         let msg = "spend reports need the role `admin` or `finance`";
-        return Err(refusal(StatusCode::FORBIDDEN, "spend_forbidden", msg));
+        return Err(refusal("admin", StatusCode::FORBIDDEN, "spend_forbidden", msg));
     }
     Ok(principal)
 }
@@ -601,7 +617,7 @@ async fn spend_report(
     let (Some(audit), Some(storage)) = (state.audit.clone(), state.audit_storage.clone()) else {
         let msg = "spend is reported from the audit log, which is disabled";
         return reject(
-            refusal(StatusCode::NOT_FOUND, "not_found", msg),
+            refusal("admin", StatusCode::NOT_FOUND, "not_found", msg),
             dialect,
             rid,
             log,
@@ -616,7 +632,7 @@ async fn spend_report(
         Ok(q) => q,
         Err(msg) => {
             return reject(
-                refusal(StatusCode::BAD_REQUEST, "invalid_request", msg),
+                refusal("admin", StatusCode::BAD_REQUEST, "invalid_request", msg),
                 dialect,
                 rid,
                 log,
@@ -863,11 +879,10 @@ pub async fn handle(
                 }
             };
             let reply = mock::respond(view, &bytes, opts);
-            if let Some(recorded) = recorded {
-                match recorded.await {
-                    Ok(receipt) => decided(&mut log, receipt.seq),
-                    Err(e) => return audit_refused(&e, dialect, rid, log),
-                }
+            if let Some(recorded) = recorded
+                && let Err(e) = recorded.await
+            {
+                return audit_refused(&e, dialect, rid, log);
             }
             if let Some(s) = log.spend.as_mut() {
                 s.start(dialect, reply.status, reply.content_type.as_bytes());
@@ -952,12 +967,11 @@ async fn forward(
     *req.headers_mut() = headers;
 
     let answer = tokio::time::timeout(t.timeout, t.client.request(req)).await;
-    if let Some(recorded) = recorded {
-        match recorded.await {
-            Ok(receipt) => decided(&mut log, receipt.seq),
-            // Dropping the upstream's answer closes its connection: nothing unrecorded goes out.
-            Err(e) => return audit_refused(&e, dialect, rid, log),
-        }
+    if let Some(recorded) = recorded
+        && let Err(e) = recorded.await
+    {
+        // Dropping the upstream's answer closes its connection: nothing unrecorded goes out.
+        return audit_refused(&e, dialect, rid, log);
     }
     let resp = match answer {
         Ok(Ok(resp)) => resp,
@@ -1000,13 +1014,6 @@ async fn forward(
     }
     log.status = rp.status.as_u16();
     Response::from_parts(rp, ResponseBody::upstream(body, streamed).with_log(log))
-}
-
-/// The call's decision record is durable at `seq`: its settlement will name it.
-fn decided(log: &mut AccessLog, seq: u64) {
-    if let Some(s) = log.spend.as_mut() {
-        s.decision_seq = seq;
-    }
 }
 
 /// Asks an OpenAI upstream for a stream's usage (`stream_options.include_usage`). Without a

@@ -117,10 +117,17 @@ async fn answer(req: Request<Incoming>, c: Arc<Counters>, pace: Option<Duration>
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     c.calls.fetch_add(1, Ordering::SeqCst);
+    // `x-test-overshoot: N`: generate N tokens past max_tokens (a misbehaving upstream).
+    let overshoot = parts
+        .headers
+        .get("x-test-overshoot")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
     let n = v["max_tokens"]
         .as_u64()
         .or(v["max_completion_tokens"].as_u64())
-        .unwrap_or(DEFAULT_OUTPUT);
+        .unwrap_or(DEFAULT_OUTPUT)
+        + overshoot;
     let anthropic = parts.uri.path().ends_with("/v1/messages");
     let stream = v["stream"].as_bool().unwrap_or(false);
     let include_usage = v["stream_options"]["include_usage"].as_bool().unwrap_or(false);

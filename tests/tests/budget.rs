@@ -561,3 +561,166 @@ decision := {"allow": count(reasons) == 0, "reasons": reasons, "obligations": {}
     assert!(dear.text().contains("over $0.0001 a call"), "{}", dear.text());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_past_its_reservation_is_cut_when_configured() {
+    let up = UsageUpstream::start(Some(Duration::from_millis(2))).await;
+    let gw = TestGateway::start(&config(up.addr, "[budgets]\ncut_streams = true\n")).await;
+    // The upstream ignores max_tokens 5 and would send 35 tokens.
+    let req = request(
+        Method::POST,
+        "/v1/chat/completions",
+        &[("content-type", "application/json"), ("x-test-overshoot", "30")],
+        chat("gpt-test", 5, r#""stream":true,"#),
+    );
+    let r = send(gw.addr, req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.text();
+    let tokens = text.matches("\"content\":\"t").count();
+    assert!(
+        (6..=8).contains(&tokens),
+        "cut after the 6th token, got {tokens}: {text}"
+    );
+    assert!(!text.contains("[DONE]"), "{text}");
+    let report = settled(gw.addr, "group_by=model", 1).await;
+    assert_eq!(row(&report, "model", "gpt-test")["output_tokens"], tokens as u64);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn budget_thresholds_call_the_webhook() {
+    let up = UsageUpstream::start(None).await;
+    let hook = lattice_tests::MockUpstream::start(lattice_tests::Behavior::default()).await;
+    // Three calls of $0.000005 (5 output tokens at $1/M) fill it exactly.
+    let gw = TestGateway::start(&config(
+        up.addr,
+        &format!(
+            r#"[budgets]
+webhook = "http://{}/hooks/budget"
+[[budgets.limit]]
+name = "small"
+scope = "team"
+window = "daily"
+usd = 0.000015
+"#,
+            hook.addr
+        ),
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            post(gw.addr, "/v1/chat/completions", chat("gpt-exact", 5, ""))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let refused = post(gw.addr, "/v1/chat/completions", chat("gpt-exact", 5, "")).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hook.recorded().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", hook.recorded());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events: Vec<serde_json::Value> = hook
+        .recorded()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.uri.path(), "/hooks/budget");
+            serde_json::from_slice(&r.body).unwrap()
+        })
+        .collect();
+    let mut thresholds: Vec<u64> = events
+        .iter()
+        .map(|e| e["threshold_percent"].as_u64().unwrap())
+        .collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, vec![80, 100], "{events:?}");
+    assert!(events.iter().all(|e| e["event"] == "budget.threshold"
+        && e["budget"] == "small"
+        && e["spent_usd"] == "0.000015000"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn spend_is_reported_per_principal_to_finance_only() {
+    let up = UsageUpstream::start(None).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let (ana_rec, ana) = store.create("ana", "research", &[], None).unwrap();
+    let (_, bo) = store.create("bo", "support", &[], None).unwrap();
+    let (_, fin) = store
+        .create("fi", "finance", &["finance".to_string()], None)
+        .unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n{}",
+        data.path().display(),
+        config(up.addr, "[budgets]\n")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let call = |key: String, max: u64| {
+        let body = chat("gpt-test", max, "");
+        async move {
+            let auth = format!("Bearer {key}");
+            let r = send(
+                gw.addr,
+                request(
+                    Method::POST,
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json"), ("authorization", &auth)],
+                    body,
+                ),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+    };
+    call(ana.clone(), 10).await;
+    call(ana.clone(), 20).await;
+    call(bo.clone(), 30).await;
+    let report = |key: String, query: &'static str| async move {
+        let auth = format!("Bearer {key}");
+        send(
+            gw.addr,
+            request(
+                Method::GET,
+                &format!("/admin/spend?{query}"),
+                &[("authorization", &auth)],
+                Bytes::new(),
+            ),
+        )
+        .await
+    };
+    // Not finance: refused, in the OpenAI dialect.
+    let r = report(ana.clone(), "group_by=team").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["error"]["code"], "spend_forbidden");
+    // Finance: by team and by key, and nothing before the calls were made.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let by_team = loop {
+        let v = report(fin.clone(), "group_by=team,user").await.json();
+        if v["total"]["calls"] == 3 && v["total"]["unsettled_calls"] == 0 {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let research = row(&by_team, "team", "research");
+    assert_eq!(
+        (research["user"].as_str(), research["calls"].as_u64()),
+        (Some("ana"), Some(2))
+    );
+    assert_eq!(nano(&research["cost_usd"]), cost(GPT, 10) + cost(GPT, 20));
+    assert_eq!(nano(&row(&by_team, "team", "support")["cost_usd"]), cost(GPT, 30));
+    let by_key = report(fin.clone(), "group_by=key&since=1h").await.json();
+    assert_eq!(row(&by_key, "key", &ana_rec.id)["output_tokens"], 30);
+    let none = report(fin.clone(), "group_by=key&until=2000-01-01T00:00:00Z")
+        .await
+        .json();
+    assert_eq!(none["rows"], serde_json::json!([]));
+    assert_eq!(
+        report(fin, "group_by=galaxy").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    gw.stop().await;
+}

@@ -447,6 +447,7 @@ pub struct Ask<'a> {
 }
 
 /// A refusal of the constraint gates, for the gates to render.
+#[derive(Debug)]
 pub struct Refusal {
     pub code: &'static str,
     pub message: String,
@@ -710,7 +711,10 @@ impl Budgets {
             .filter(|(_, r)| r.tpm.is_some() && applies(r.team.as_deref(), p))
             .map(|(i, r)| (i, subject(r.scope, p, "")))
             .collect();
+        let mut id = [0u8; uuid::fmt::Simple::LENGTH];
+        let id = uuid::Uuid::new_v4().simple().encode_lower(&mut id);
         Ok(Reservation {
+            id: (&*id).into(),
             team: p.map_or("-", |p| p.team.as_str()).into(),
             budgets: self.clone(),
             accounts,
@@ -949,6 +953,10 @@ fn rate_refusal(
 /// A call's reservation, from the budget gate until its settlement. Dropped unsettled (the call
 /// never reached an upstream), it is released and charges nothing.
 pub struct Reservation {
+    /// Names the reservation in the log: its decision record and its settlement carry it (a
+    /// random id, so a call whose client leaves before its decision is acknowledged is still
+    /// matched).
+    pub id: Box<str>,
     budgets: Arc<Budgets>,
     team: Box<str>,
     pub accounts: Vec<AccountRef>,
@@ -965,16 +973,18 @@ pub struct Reservation {
 #[derive(Serialize, Deserialize)]
 pub struct Reserved<'a> {
     #[serde(borrow)]
+    pub id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
     pub model: std::borrow::Cow<'a, str>,
     pub reserved: Amount,
-    pub accounts: Vec<AccountRef>,
+    pub accounts: std::borrow::Cow<'a, [AccountRef]>,
 }
 
 /// What the `call.end` record holds of a settlement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settlement {
-    /// The sequence number of the call's `call.decision` record (which holds the reservation).
-    pub decision_seq: u64,
+    /// The reservation's id (its `call.decision` record holds the reservation).
+    pub id: String,
     pub basis: Basis,
     pub usage: Usage,
     pub charged: Amount,
@@ -983,9 +993,10 @@ pub struct Settlement {
 impl Reservation {
     pub fn record(&self) -> Reserved<'_> {
         Reserved {
+            id: std::borrow::Cow::Borrowed(&self.id),
             model: std::borrow::Cow::Borrowed(&self.model),
             reserved: self.amount,
-            accounts: self.accounts.clone(),
+            accounts: std::borrow::Cow::Borrowed(&self.accounts),
         }
     }
 
@@ -1038,7 +1049,6 @@ pub struct Spend {
     pub reservation: Reservation,
     /// Set once a successful answer starts; none for an error answer (charged nothing).
     pub meter: Option<usage::Meter>,
-    pub decision_seq: u64,
     /// The gateway asked an OpenAI upstream for a stream's usage the client did not ask for:
     /// the usage chunk is removed from what the client gets.
     pub strip_usage: bool,
@@ -1049,7 +1059,6 @@ impl Spend {
         Box::new(Spend {
             reservation,
             meter: None,
-            decision_seq: 0,
             strip_usage: false,
         })
     }
@@ -1084,7 +1093,7 @@ impl Spend {
         };
         let charged = self.reservation.settle(usage, basis);
         Settlement {
-            decision_seq: self.decision_seq,
+            id: self.reservation.id.to_string(),
             basis,
             usage,
             charged,

@@ -74,6 +74,8 @@ impl Price {
 #[derive(Debug, Default)]
 pub struct PriceTable {
     prices: HashMap<Box<str>, Price>,
+    /// Whether any price names an upstream (`upstream/model`): only then is that key built.
+    qualified: bool,
 }
 
 impl PriceTable {
@@ -89,13 +91,14 @@ impl PriceTable {
         for (model, p) in overrides {
             prices.insert(model.as_str().into(), *p);
         }
-        Ok(PriceTable { prices })
+        let qualified = prices.keys().any(|k| k.contains('/'));
+        Ok(PriceTable { prices, qualified })
     }
 
     /// The price of `model` as sent to `upstream`: `upstream/model` first, then `model`, then
     /// the longest listed name that `model` extends with `-` (a dated version).
     pub fn get(&self, upstream: &str, model: &str) -> Option<Price> {
-        if !upstream.is_empty() {
+        if self.qualified && !upstream.is_empty() {
             let mut key = String::with_capacity(upstream.len() + 1 + model.len());
             key.push_str(upstream);
             key.push('/');

@@ -3,7 +3,7 @@
 //! log by construction.
 //!
 //! A call's charge is its `call.decision` record's reservation settled by its `call.end`
-//! record's `spend` (matched by the decision's sequence number). A reservation without a
+//! record's `spend` (matched by the reservation's id). A reservation without a
 //! settlement (the process died, or the end record was lost with the last moment before a
 //! crash) is charged at its reserved amount: never forgotten, never free.
 
@@ -61,7 +61,7 @@ struct End {
 /// Calls `f` with every metered call in the log: settled ones as their end record is read,
 /// unsettled ones at the end.
 pub fn replay(storage: &dyn lattice_audit::Storage, mut f: impl FnMut(Charge)) -> std::io::Result<()> {
-    let mut open: HashMap<u64, Charge> = HashMap::new();
+    let mut open: HashMap<String, Charge> = HashMap::new();
     lattice_audit::verify::for_each_record(storage, |r| match r.event.kind.as_str() {
         crate::gates::audit::DECISION => {
             if let Ok(Decision {
@@ -75,14 +75,14 @@ pub fn replay(storage: &dyn lattice_audit::Storage, mut f: impl FnMut(Charge)) -
                     team: String::new(),
                 });
                 open.insert(
-                    r.seq,
+                    b.id.into_owned(),
                     Charge {
                         time_ns: r.time_ns,
                         key: who.id,
                         user: who.user,
                         team: who.team,
                         model: b.model.into_owned(),
-                        accounts: b.accounts,
+                        accounts: b.accounts.into_owned(),
                         reserved: b.reserved,
                         settlement: None,
                     },
@@ -91,7 +91,7 @@ pub fn replay(storage: &dyn lattice_audit::Storage, mut f: impl FnMut(Charge)) -
         }
         crate::gates::audit::END => {
             if let Ok(End { spend: Some(s) }) = serde_json::from_slice::<End>(&r.event.payload)
-                && let Some(mut c) = open.remove(&s.decision_seq)
+                && let Some(mut c) = open.remove(&s.id)
             {
                 c.settlement = Some(s);
                 f(c);
@@ -244,7 +244,7 @@ impl Report {
         serde_json::json!({
             "group_by": self.group_by.iter().map(|g| g.name()).collect::<Vec<_>>(),
             "since": time(self.since_ns),
-            "until": time(self.until_ns.min(u64::MAX / 2)),
+            "until": (self.until_ns != u64::MAX).then(|| time(self.until_ns)),
             "rows": rows,
             "total": self.row_json(None, &self.total()),
         })
