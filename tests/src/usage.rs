@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 pub struct CountingBody {
     rx: tokio::sync::mpsc::Receiver<(Bytes, u64)>,
     counters: Arc<Counters>,
+    request_id: String,
 }
 
 impl http_body::Body for CountingBody {
@@ -39,7 +40,7 @@ impl http_body::Body for CountingBody {
         let this = self.get_mut();
         this.rx.poll_recv(cx).map(|o| {
             o.map(|(b, tokens)| {
-                this.counters.generated.fetch_add(tokens, Ordering::SeqCst);
+                this.counters.add(&this.request_id, tokens);
                 Ok(http_body::Frame::data(b))
             })
         })
@@ -57,6 +58,20 @@ pub struct Counters {
     pub calls: AtomicU64,
     /// Calls whose request asked for stream usage (`stream_options.include_usage`).
     pub asked_usage: AtomicU64,
+    /// Output tokens generated per call, by the request's `x-request-id`.
+    pub by_request: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Counters {
+    fn add(&self, request_id: &str, tokens: u64) {
+        self.generated.fetch_add(tokens, Ordering::SeqCst);
+        *self
+            .by_request
+            .lock()
+            .unwrap()
+            .entry(request_id.to_string())
+            .or_default() += tokens;
+    }
 }
 
 pub struct UsageUpstream {
@@ -129,6 +144,12 @@ async fn answer(req: Request<Incoming>, c: Arc<Counters>, pace: Option<Duration>
         .unwrap_or(DEFAULT_OUTPUT)
         + overshoot;
     let anthropic = parts.uri.path().ends_with("/v1/messages");
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let stream = v["stream"].as_bool().unwrap_or(false);
     let include_usage = v["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     if include_usage {
@@ -141,7 +162,7 @@ async fn answer(req: Request<Incoming>, c: Arc<Counters>, pace: Option<Duration>
                "output_tokens": output})
     };
     if !stream {
-        c.generated.fetch_add(n, Ordering::SeqCst);
+        c.add(&request_id, n);
         let text: String = (0..n).map(|i| format!("t{i} ")).collect();
         let out = if anthropic {
             json!({"id": "msg_u", "type": "message", "role": "assistant", "model": v["model"],
@@ -253,7 +274,11 @@ async fn answer(req: Request<Incoming>, c: Arc<Counters>, pace: Option<Duration>
             }
         }
     });
-    let mut r = Response::new(http_body_util::Either::Right(CountingBody { rx, counters: c }));
+    let mut r = Response::new(http_body_util::Either::Right(CountingBody {
+        rx,
+        counters: c,
+        request_id,
+    }));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());

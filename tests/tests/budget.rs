@@ -313,7 +313,11 @@ tokens = 100000000
         };
         let body = chat(model, OUTPUT, r#""stream":true,"#);
         tasks.push(tokio::spawn(async move {
-            let mut headers = vec![("content-type", "application/json")];
+            let rid = format!("call-{i}");
+            let mut headers = vec![
+                ("content-type", "application/json"),
+                ("x-request-id", rid.as_str()),
+            ];
             if path == "/v1/messages" {
                 headers.push(("anthropic-version", "2023-06-01"));
             }
@@ -354,6 +358,30 @@ tokens = 100000000
     assert!(
         output.abs_diff(generated) <= hung_up,
         "ledger output {output} vs generated {generated}: more than one token per hung-up call apart ({hung_up})"
+    );
+    // Call by call, from the gateway's audit log: each call's settled output against what the
+    // upstream generated for it.
+    let mut settled_output = std::collections::HashMap::new();
+    let log = lattice_audit::DiskStorage::open(&gw.dir.path().join("lattice-data/audit")).unwrap();
+    lattice_audit::verify::for_each_record(&log, |r| {
+        if r.event.kind == "call.end" {
+            let v: serde_json::Value = serde_json::from_slice(&r.event.payload).unwrap();
+            if let Some(out) = v["spend"]["usage"]["output"].as_u64() {
+                settled_output.insert(v["request_id"].as_str().unwrap().to_string(), out);
+            }
+        }
+    })
+    .unwrap();
+    let generated_by = up.counters.by_request.lock().unwrap().clone();
+    assert_eq!(settled_output.len(), CALLS as usize);
+    let mut worst = 0;
+    for (rid, out) in &settled_output {
+        let gen_ = generated_by[rid];
+        worst = worst.max(out.abs_diff(gen_));
+    }
+    assert!(
+        worst <= 1,
+        "a call's settled output is {worst} tokens from what was generated for it"
     );
     // The live ledger agrees with the log.
     let metrics = get(addr, "/metrics").await.text();
