@@ -85,6 +85,8 @@ struct RawConfig {
     prices: BTreeMap<String, crate::budget::prices::RawPrice>,
     #[serde(default)]
     rate_limits: Vec<crate::budget::RawRateLimit>,
+    #[serde(default)]
+    pii: Option<crate::content::RawPii>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,6 +485,8 @@ pub struct Config {
     pub deny: Vec<DenyConfig>,
     /// `[budgets]`, `[prices]` and `[[rate_limits]]`.
     pub budgets: crate::budget::BudgetConfig,
+    /// `[pii]`
+    pub pii: crate::content::PiiConfig,
 }
 
 #[derive(Debug)]
@@ -768,6 +772,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         }),
     };
     let budgets = crate::budget::validate(raw.budgets, raw.prices, raw.rate_limits)?;
+    let pii = crate::content::validate(raw.pii)?;
     let a = raw.audit;
     if a.sync_interval_ms == 0 {
         return Err(bad("audit.sync_interval_ms", "must be greater than 0".into()));
@@ -804,6 +809,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         routes,
         deny,
         budgets,
+        pii,
     })
 }
 

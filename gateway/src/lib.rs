@@ -9,6 +9,7 @@ pub mod body;
 pub mod budget;
 pub mod certs;
 pub mod config;
+pub mod content;
 pub mod gates;
 pub mod hex;
 pub mod jwt;

@@ -104,6 +104,12 @@ impl State {
             config.budgets.clone(),
             Arc::new(crate::budget::ledger::Embedded::new()),
         )?;
+        // On with `[pii]` actions, and with a policy (whose `pii` obligation may ask for them).
+        let pii = if config.pii.enabled() || config.authorization.is_some() {
+            Some(Arc::new(crate::content::Pii::new(config.pii.clone())?))
+        } else {
+            None
+        };
         // The ledger is a fold over the log: rebuild the current windows' spend.
         if let (Some(b), Some(storage)) = (&budgets, &kept_storage) {
             let t = Instant::now();
@@ -116,7 +122,7 @@ impl State {
         }
         Ok(State {
             router,
-            pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone(), budgets.clone())?,
+            pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone(), budgets.clone(), pii)?,
             policy,
             jwks,
             audit,
@@ -803,7 +809,10 @@ pub async fn handle(
         principal: None,
         model_override: None,
         policy_sha256: None,
-        body_len: bytes.len(),
+        body: &bytes,
+        rewritten_body: None,
+        pii_obligation: None,
+        pii_findings: Vec::new(),
         budget_obligations: Vec::new(),
         reservation: None,
     };
@@ -823,6 +832,14 @@ pub async fn handle(
     }
     // Dropped before the decision record (unknown model, wrong dialect), it charges nothing.
     let reservation = call.reservation.take();
+    // The body the PII gate redacted goes upstream instead (with the model span found again).
+    let (bytes_out, model_span) = match call.rewritten_body.take() {
+        Some(b) => {
+            let span = view::parse(surface, &b).map_or_else(|_| view.model_span.clone(), |v| v.model_span);
+            (b, span)
+        }
+        None => (bytes.clone(), view.model_span.clone()),
+    };
     // A policy's `model` obligation: the call goes where that model routes, under that name.
     let override_model = call.model_override.take();
     let route = match &override_model {
@@ -878,7 +895,7 @@ pub async fn handle(
                     &renamed
                 }
             };
-            let reply = mock::respond(view, &bytes, opts);
+            let reply = mock::respond(view, &bytes_out, opts);
             if let Some(recorded) = recorded
                 && let Err(e) = recorded.await
             {
@@ -898,8 +915,8 @@ pub async fn handle(
         }
         Target::Http(t) => {
             let body = match send_model {
-                Some(m) if m != view.model => splice_model(&bytes, view.model_span.clone(), m),
-                _ => bytes.clone(),
+                Some(m) if m != view.model => splice_model(&bytes_out, model_span, m),
+                _ => bytes_out,
             };
             let body = if ask_usage { with_include_usage(body) } else { body };
             let query = parts.uri.query();

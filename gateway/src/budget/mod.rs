@@ -604,7 +604,7 @@ impl Budgets {
         let (upstream, model) = priced_as(call);
         let price = self.prices.get(upstream, model)?;
         let (input, output) = self.worst_case(
-            call.body_len,
+            call.body.len(),
             v.max_tokens,
             v.surface != lattice_providers::Surface::Embeddings,
         );

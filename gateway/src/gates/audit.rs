@@ -60,6 +60,9 @@ struct DecisionPayload<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_sha256: Option<&'a str>,
     request_sha256: &'a str,
+    /// What the PII gate found, by kind, and what it did (never the values).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pii: &'a [crate::content::Finding],
     /// The worst case reserved on the call's budgets (the ledger's durable half).
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<crate::budget::Reserved<'a>>,
@@ -101,6 +104,7 @@ pub fn decision(
         reasons: denial.map(|d| d.message.as_ref()),
         policy_sha256: call.policy_sha256.as_deref(),
         request_sha256,
+        pii: &call.pii_findings,
         budget: reservation.map(|r| r.record()),
     };
     Event {

@@ -140,6 +140,23 @@ impl Gate for Authorization {
                 if let Some(m) = d.obligations.get("model").and_then(|m| m.as_str()) {
                     call.model_override = Some(m.to_string());
                 }
+                if let Some(p) = d.obligations.get("pii") {
+                    // {"request": {"email": "redact", ...}, "response": {...}}
+                    let request = p.get("request").cloned().unwrap_or(serde_json::Value::Null);
+                    let parsed = if request.is_null() {
+                        Ok(None)
+                    } else {
+                        serde_json::from_value::<crate::content::Actions>(request).map(Some)
+                    };
+                    call.pii_obligation = parsed.map_err(|e| {
+                        tracing::error!(error = %e, sha256 = bundle.sha256(), "policy's pii obligation is malformed; call refused");
+                        deny(
+                            StatusCode::FORBIDDEN,
+                            "policy_invalid",
+                            "the authorization policy set a PII rule the gateway cannot read".into(),
+                        )
+                    })?;
+                }
                 if let Some(b) = d.obligations.get("budget") {
                     // A budget the gateway cannot read is not silently dropped: fail closed.
                     call.budget_obligations = crate::budget::obligation(b).map_err(|e| {

@@ -28,7 +28,7 @@ impl Gate for BudgetGate {
             principal: call.principal.as_deref(),
             upstream,
             model,
-            body_len: call.body_len,
+            body_len: call.body.len(),
             max_tokens: v.max_tokens,
             generates: v.surface != Surface::Embeddings,
             from_policy: &call.budget_obligations,

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod budget;
 mod deny;
 pub mod identity;
+pub mod pii;
 pub mod ratelimit;
 
 use std::borrow::Cow;
@@ -71,8 +72,15 @@ pub struct Call<'a> {
     pub model_override: Option<String>,
     /// The SHA-256 of the policy bundle that decided the call (set by the authorization gate).
     pub policy_sha256: Option<Arc<str>>,
-    /// The request body's length (the budget gate estimates input tokens from it).
-    pub body_len: usize,
+    /// The request body as received (the PII gate scans it; the budget gate estimates input
+    /// tokens from its length).
+    pub body: &'a [u8],
+    /// The body to send instead (the PII gate redacted it).
+    pub rewritten_body: Option<bytes::Bytes>,
+    /// The policy's `pii` obligation for requests: actions by kind, over `[pii] request`.
+    pub pii_obligation: Option<crate::content::Actions>,
+    /// What the PII gate found and did (for the audit record).
+    pub pii_findings: Vec<crate::content::Finding>,
     /// Budgets the policy decision set (its `budget` obligation), charged with the configured.
     pub budget_obligations: Vec<crate::budget::Limit>,
     /// The worst case reserved on the call's budgets (set by the budget gate).
@@ -127,6 +135,7 @@ impl Pipeline {
         policy: Option<Arc<crate::policy::store::PolicyStore>>,
         jwks: Option<Arc<crate::jwt::Jwks>>,
         budgets: Option<Arc<crate::budget::Budgets>>,
+        pii: Option<Arc<crate::content::Pii>>,
     ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
@@ -144,10 +153,16 @@ impl Pipeline {
         if let Some(g) = deny::DenyList::from_config(&config.deny) {
             gates.push(Box::new(g));
         }
+        if let Some(b) = &budgets
+            && !config.budgets.rate_limits.is_empty()
+        {
+            gates.push(Box::new(ratelimit::RateLimits(b.clone())));
+        }
+        // Content before budgets: a blocked call reserves nothing.
+        if let Some(p) = pii {
+            gates.push(Box::new(pii::PiiGate(p)));
+        }
         if let Some(b) = budgets {
-            if !config.budgets.rate_limits.is_empty() {
-                gates.push(Box::new(ratelimit::RateLimits(b.clone())));
-            }
             gates.push(Box::new(budget::BudgetGate(b)));
         }
         Ok(Pipeline { gates, identity })
