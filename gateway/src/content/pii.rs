@@ -2,11 +2,12 @@
 //! (`regex_automata::meta::Regex::new_many`), so a text is scanned once, left to right, whatever
 //! the number of detectors. A candidate is then checked by its detector's validator (Luhn for
 //! cards, mod-97 for IBANs, the SSA's rules for SSNs, octet ranges, a real IPv6 parse, digit
-//! counts for phones, entropy for unlabelled tokens); a rejected candidate gives the patterns
-//! after it a chance at the same position before the scan moves on.
+//! counts for phones, entropy for unlabelled tokens).
 //!
 //! Patterns are listed most specific first: at one position the first pattern that matches
 //! (and validates) wins, so a provider key is reported as a secret, not as a high-entropy token.
+//! A number rejected by a stricter validator (not a card, IP, SSN or IBAN) is tried as a phone
+//! number at the same place; otherwise the scan moves one character on.
 
 use std::ops::Range;
 
@@ -50,10 +51,12 @@ pub struct Detector {
     pub validator: Validator,
 }
 
+/// Built-in patterns are ASCII-only (`(?-u)`): a Unicode word boundary would keep the scan off
+/// the fast DFA engines.
 fn builtin(kind: &str, pattern: &str, validator: Validator) -> Detector {
     Detector {
         kind: kind.into(),
-        pattern: pattern.into(),
+        pattern: format!("(?-u){pattern}"),
         validator,
     }
 }
@@ -110,7 +113,7 @@ pub fn builtins() -> Vec<Detector> {
             Validator::Phone,
         ),
         // `=` only as base64 padding: `KEY=value` is a name and a value, not one token.
-        builtin("secret", r"\b[A-Za-z0-9_+/-]{32,256}={0,2}", Validator::Entropy),
+        builtin("secret", r"\b[A-Za-z0-9_+/-]{32,}={0,2}", Validator::Entropy),
     ]
 }
 
@@ -130,7 +133,11 @@ pub struct Scanner {
 impl Scanner {
     pub fn new(detectors: Vec<Detector>) -> Result<Scanner, String> {
         let patterns: Vec<&str> = detectors.iter().map(|d| d.pattern.as_str()).collect();
-        let re = Regex::new_many(&patterns).map_err(|e| e.to_string())?;
+        // A larger lazy-DFA cache than the default keeps eleven overlapping patterns on the DFA.
+        let re = Regex::builder()
+            .configure(Regex::config().hybrid_cache_capacity(8 * 1024 * 1024))
+            .build_many(&patterns)
+            .map_err(|e| e.to_string())?;
         Ok(Scanner { re, detectors })
     }
 
@@ -151,9 +158,18 @@ impl Scanner {
                 f(hit);
                 continue;
             }
-            // Rejected: the later patterns may still match here.
+            // Rejected: a number that is not a valid card, IP, SSN or IBAN may still be a phone
+            // number starting here (the only later shape that overlaps theirs).
             let mut found = None;
+            let rejected = self.detectors[m.pattern().as_usize()].validator;
+            let overlaps = matches!(
+                rejected,
+                Validator::Luhn | Validator::Ipv4 | Validator::Ipv6 | Validator::Ssn | Validator::Iban
+            );
             for p in m.pattern().as_usize() + 1..self.detectors.len() {
+                if !overlaps || self.detectors[p].validator != Validator::Phone {
+                    continue;
+                }
                 let pid = PatternID::new_unchecked(p);
                 let input = Input::new(text).range(start..).anchored(Anchored::Pattern(pid));
                 if let Some(m2) = self.re.search(&input)
@@ -403,6 +419,9 @@ fn phone_context(text: &str, span: Range<usize>) -> bool {
 /// bits of entropy per character (hex digests and UUIDs have no upper case; words have less).
 fn entropy(s: &str) -> bool {
     let b = s.as_bytes();
+    if b.len() > 256 {
+        return false;
+    }
     if !(b.iter().any(u8::is_ascii_uppercase)
         && b.iter().any(u8::is_ascii_lowercase)
         && b.iter().any(u8::is_ascii_digit))
