@@ -35,7 +35,9 @@ fn detectors_meet_their_precision_and_recall_on_the_held_out_set() {
 }
 
 fn measure(file: &str, at_least: usize) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pii").join(file);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/pii")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let scanner = Scanner::new(builtins()).unwrap();
     let mut tally: BTreeMap<String, Tally> = BTreeMap::new();

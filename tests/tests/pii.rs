@@ -151,3 +151,62 @@ async fn personal_data_is_redacted_before_it_leaves_and_secrets_are_refused() {
     assert_eq!(decisions[1]["pii"][0]["action"], "block");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_policy_sets_pii_actions_and_unenforceable_rules_fail_closed() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let pol = tempfile::tempdir().unwrap();
+    let write = |obligations: &str| {
+        std::fs::write(
+            pol.path().join("p.rego"),
+            format!(
+                "package lattice.authz\nimport rego.v1\ndecision := {{\"allow\": true, \"reasons\": [], \"obligations\": {obligations}}}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let cfg = format!(
+        "[authorization]\npolicy_dir = \"{}\"\n{}",
+        pol.path().display(),
+        config(up.addr, "", "")
+    );
+    let chat = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"mail ana@example.com"}]}"#;
+    let call = |addr| {
+        send(
+            addr,
+            request(
+                Method::POST,
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                chat,
+            ),
+        )
+    };
+
+    // No [pii] in the config: the policy alone asks for e-mail addresses to be blocked.
+    write(r#"{"pii": {"request": {"email": "block"}}}"#);
+    let gw = TestGateway::start(&cfg).await;
+    let r = call(gw.addr).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["error"]["code"], "pii_blocked");
+    assert!(up.recorded().is_empty());
+    gw.stop().await;
+
+    // Response rules cannot be enforced yet: the call is refused rather than let through.
+    write(r#"{"pii": {"response": {"email": "redact"}}}"#);
+    let gw = TestGateway::start(&cfg).await;
+    let r = call(gw.addr).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["error"]["code"], "policy_invalid");
+    assert!(up.recorded().is_empty());
+    gw.stop().await;
+
+    // And the config refuses them too.
+    let bad = format!(
+        "{}\n[pii]\nresponse = {{ email = \"redact\" }}\n",
+        config(up.addr, "", "")
+    );
+    let e = lattice_gateway::Config::from_str_with_env(std::path::Path::new("x.toml"), &bad, &|_| None)
+        .unwrap_err();
+    assert_eq!(e.key, "pii.response");
+}

@@ -105,6 +105,13 @@ pub fn validate(raw: Option<RawPii>) -> Result<PiiConfig, (String, String)> {
     let Some(raw) = raw else {
         return Ok(PiiConfig::default());
     };
+    // Refused rather than ignored: a response rule that is silently not enforced fails open.
+    if !raw.response.all_allow() {
+        return Err((
+            "pii.response".into(),
+            "responses are not scanned yet: only `allow` is accepted here".into(),
+        ));
+    }
     let mut custom = Vec::new();
     for (i, d) in raw.detectors.into_iter().enumerate() {
         let key = format!("pii.detectors[{i}]");

@@ -142,6 +142,18 @@ impl Gate for Authorization {
                 }
                 if let Some(p) = d.obligations.get("pii") {
                     // {"request": {"email": "redact", ...}, "response": {...}}
+                    // Response rules cannot be enforced yet: refused, not silently dropped.
+                    let response = p.get("response").cloned().unwrap_or(serde_json::Value::Null);
+                    if !response.is_null()
+                        && serde_json::from_value::<crate::content::Actions>(response)
+                            .map_or(true, |a| !a.all_allow())
+                    {
+                        return Err(deny(
+                            StatusCode::FORBIDDEN,
+                            "policy_invalid",
+                            "the authorization policy set PII rules for responses, which this gateway does not enforce yet".into(),
+                        ));
+                    }
                     let request = p.get("request").cloned().unwrap_or(serde_json::Value::Null);
                     let parsed = if request.is_null() {
                         Ok(None)
