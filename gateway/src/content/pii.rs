@@ -109,7 +109,13 @@ pub fn builtins() -> Vec<Detector> {
         builtin("ipv4", r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b", Validator::Ipv4),
         builtin(
             "phone",
-            r"(?:\+[0-9]{1,3}[ .-]?|\b)(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{1,5}){1,5}\b|\([0-9]{1,4}\)[ .-]?[0-9]{2,4}(?:[ .-]?[0-9]{2,5}){1,4}\b",
+            // A `+` country code, a `(` area code, or three or more groups with separators:
+            // a bare number (a year, a count, a version's part) is never a candidate.
+            concat!(
+                r"(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,5}(?:[ .-]?[0-9]{1,5}){1,5}",
+                r"|\([0-9]{1,4}\)[ .-]?[0-9]{2,5}(?:[ .-]?[0-9]{2,5}){1,4}",
+                r"|\b[0-9]{2,5}(?:[ .-][0-9]{2,5}){2,5})\b",
+            ),
             Validator::Phone,
         ),
         // `=` only as base64 padding: `KEY=value` is a name and a value, not one token.
