@@ -162,6 +162,13 @@ pub struct AccessLog {
     pub outcome: Outcome,
 }
 
+impl AccessLog {
+    /// The meter on the call's answer, when it is metered.
+    fn meter(&mut self) -> Option<&mut crate::budget::usage::Meter> {
+        self.spend.as_mut()?.meter.as_mut()
+    }
+}
+
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -289,12 +296,7 @@ impl ResponseBody {
     /// connection but not yet forwarded) was generated all the same, so the meter reads it
     /// before the upstream connection closes. Never waits.
     fn meter_arrived(&mut self) {
-        let Some(meter) = self
-            .log
-            .as_mut()
-            .and_then(|l| l.spend.as_mut())
-            .and_then(|s| s.meter.as_mut())
-        else {
+        let Some(meter) = self.log.as_deref_mut().and_then(AccessLog::meter) else {
             return;
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -345,12 +347,7 @@ impl Body for ResponseBody {
             };
             let frame = ready!(polled);
             let ended = this.payload_ended();
-            let Some(meter) = this
-                .log
-                .as_mut()
-                .and_then(|l| l.spend.as_mut())
-                .and_then(|s| s.meter.as_mut())
-            else {
+            let Some(meter) = this.log.as_deref_mut().and_then(AccessLog::meter) else {
                 break frame;
             };
             match frame {
@@ -420,9 +417,8 @@ impl ResponseBody {
         self.payload_ended()
             && !self
                 .log
-                .as_ref()
-                .and_then(|l| l.spend.as_ref())
-                .and_then(|s| s.meter.as_ref())
+                .as_deref()
+                .and_then(|l| l.spend.as_ref()?.meter.as_ref())
                 .is_some_and(|m| m.holds())
     }
 

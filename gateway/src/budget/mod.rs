@@ -527,14 +527,6 @@ impl Budgets {
         })))
     }
 
-    pub fn config(&self) -> &BudgetConfig {
-        &self.config
-    }
-
-    pub fn store(&self) -> &Arc<dyn BudgetStore> {
-        &self.store
-    }
-
     fn windows(&self, now: i64) -> Windows {
         let w = **self.windows.load();
         if now < w.day.1 && now >= w.day.0 {
@@ -664,7 +656,6 @@ impl Budgets {
         };
         let now = unix_now();
         let mut accounts = Vec::new();
-        let mut ends = Vec::new();
         for l in self.config.limits.iter().chain(from_policy) {
             if !applies(l.team.as_deref(), p) || l.model.as_ref().is_some_and(|m| !m.matches(model)) {
                 continue;
@@ -677,13 +668,9 @@ impl Budgets {
                 until: end,
                 caps: l.caps,
             });
-            ends.push(end);
         }
         if let Err(e) = self.store.reserve(&accounts, amount) {
-            let end = accounts
-                .iter()
-                .position(|a| *a == e.account)
-                .and_then(|i| ends[i]);
+            let end = e.account.until;
             let mut message = format!(
                 "budget `{}` for `{}` is exhausted: this call may cost up to ${} and {} tokens; ${} and {} tokens of its {} are spent or reserved",
                 e.account.budget,
