@@ -158,13 +158,15 @@ pub struct AccessLog {
     pub response_hash: Option<sha2::Sha256>,
     /// The call's reservation and the meter on its answer (budgets or TPM configured).
     pub spend: Option<Box<crate::budget::Spend>>,
+    /// The response filter (PII in answers, tool calls), when the call has response rules.
+    pub filter: Option<Box<crate::content::filter::Filter>>,
     pub bytes: u64,
     pub outcome: Outcome,
 }
 
 impl AccessLog {
     /// The meter on the call's answer, when it is metered.
-    fn meter(&mut self) -> Option<&mut crate::budget::usage::Meter> {
+    pub fn meter(&mut self) -> Option<&mut crate::budget::usage::Meter> {
         self.spend.as_mut()?.meter.as_mut()
     }
 }
@@ -208,10 +210,12 @@ impl Drop for AccessLog {
                 .response_hash
                 .take()
                 .map(|h| crate::hex::encode_into(&sha2::Digest::finalize(h), &mut hex));
+            let content = self.filter.as_mut().map(|f| f.report());
             let end = crate::gates::audit::EndPayload {
                 access: &record,
                 response_sha256,
                 spend: settlement.as_ref(),
+                content,
             };
             let principal = self.principal.as_ref().map_or("", |p| p.id.as_str());
             crate::gates::audit::end(audit, self.session.to_str().unwrap_or(""), principal, &end);
@@ -221,6 +225,8 @@ impl Drop for AccessLog {
 
 enum Payload {
     Full(Option<Bytes>),
+    /// An answer the gateway has read whole, metered and filtered: sent as it is.
+    Scanned(Option<Bytes>),
     Passthrough(Incoming),
     Stream(Coalesce<Incoming>),
     Mock(MockBody),
@@ -240,6 +246,11 @@ impl ResponseBody {
 
     pub fn empty() -> Self {
         Self::new(Payload::Full(None))
+    }
+
+    /// An answer already metered and filtered (read whole by the gateway).
+    pub fn scanned(bytes: Bytes) -> Self {
+        Self::new(Payload::Scanned(Some(bytes)))
     }
 
     /// An upstream body: one with a known length passes through as it is; a streamed one
@@ -310,7 +321,7 @@ impl ResponseBody {
                     }
                     inner
                 }
-                Payload::Mock(_) | Payload::Full(_) => return,
+                Payload::Mock(_) | Payload::Full(_) | Payload::Scanned(_) => return,
             };
             let polled = Pin::new(inner).poll_frame(&mut cx);
             match polled {
@@ -337,6 +348,20 @@ impl Body for ResponseBody {
         let frame = loop {
             let polled = match &mut this.payload {
                 Payload::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                Payload::Scanned(b) => {
+                    let b = b.take();
+                    // One frame: nothing follows it.
+                    this.ended = true;
+                    return Poll::Ready(b.map(|b| {
+                        if let Some(log) = this.log.as_mut() {
+                            log.bytes += b.len() as u64;
+                            if let Some(h) = log.response_hash.as_mut() {
+                                sha2::Digest::update(h, &b);
+                            }
+                        }
+                        Ok(Frame::data(b))
+                    }));
+                }
                 Payload::Passthrough(b) => Pin::new(b)
                     .poll_frame(cx)
                     .map(|o| o.map(|r| r.map_err(Into::into))),
@@ -347,24 +372,33 @@ impl Body for ResponseBody {
             };
             let frame = ready!(polled);
             let ended = this.payload_ended();
-            let Some(meter) = this.log.as_deref_mut().and_then(AccessLog::meter) else {
+            let Some(log) = this.log.as_deref_mut() else {
                 break frame;
             };
+            if log.meter().is_none() && log.filter.is_none() {
+                break frame;
+            }
             match frame {
-                // The meter may hold back an unfinished line (or take out a usage chunk).
+                // The meter may hold back an unfinished line (or take out a usage chunk), the
+                // filter text that may be part of a match.
                 Some(Ok(f)) => match f.into_data() {
                     Ok(d) => {
-                        let d = meter.feed(d);
+                        let d = stages(log, d);
+                        if log.filter.as_ref().is_some_and(|f| f.stopped()) {
+                            // The filter ended the answer with an error event: nothing follows.
+                            this.payload = Payload::Full(None);
+                            break Some(Ok(Frame::data(d)));
+                        }
                         if !d.is_empty() {
                             break Some(Ok(Frame::data(d)));
                         }
                         if ended {
-                            break meter.flush().map(|d| Ok(Frame::data(d)));
+                            break finish_stages(log).map(|d| Ok(Frame::data(d)));
                         }
                     }
                     Err(trailers) => break Some(Ok(trailers)),
                 },
-                None => break meter.flush().map(|d| Ok(Frame::data(d))),
+                None => break finish_stages(log).map(|d| Ok(Frame::data(d))),
                 other => break other,
             }
         };
@@ -402,8 +436,15 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.log.as_deref().is_some_and(|l| l.filter.is_some())
+            && !matches!(self.payload, Payload::Full(_) | Payload::Scanned(_))
+        {
+            return SizeHint::default();
+        }
         match &self.payload {
-            Payload::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Payload::Full(b) | Payload::Scanned(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Payload::Passthrough(b) => b.size_hint(),
             Payload::Stream(_) => SizeHint::default(),
             Payload::Mock(b) => b.size_hint(),
@@ -411,20 +452,48 @@ impl Body for ResponseBody {
     }
 }
 
+/// An answer's frame through the meter, then the filter.
+fn stages(log: &mut AccessLog, d: Bytes) -> Bytes {
+    let d = match log.meter() {
+        Some(m) => m.feed(d),
+        None => d,
+    };
+    match log.filter.as_mut() {
+        Some(f) if !d.is_empty() => f.feed(&d),
+        _ => d,
+    }
+}
+
+/// The answer has ended: what the meter and the filter still hold.
+fn finish_stages(log: &mut AccessLog) -> Option<Bytes> {
+    let held = log.meter().and_then(|m| m.flush());
+    let Some(f) = log.filter.as_mut() else {
+        return held;
+    };
+    let mut out = BytesMut::new();
+    if let Some(h) = held {
+        out.extend_from_slice(&f.feed(&h));
+    }
+    out.extend_from_slice(&f.finish());
+    (!out.is_empty()).then(|| out.freeze())
+}
+
 impl ResponseBody {
-    /// The payload has ended and the meter holds nothing back.
+    /// The payload has ended and neither the meter nor the filter holds anything back.
     fn body_ended(&self) -> bool {
         self.payload_ended()
-            && !self
-                .log
-                .as_deref()
-                .and_then(|l| l.spend.as_ref()?.meter.as_ref())
-                .is_some_and(|m| m.holds())
+            && !self.log.as_deref().is_some_and(|l| {
+                l.spend
+                    .as_ref()
+                    .and_then(|s| s.meter.as_ref())
+                    .is_some_and(|m| m.holds())
+                    || l.filter.as_ref().is_some_and(|f| f.holds())
+            })
     }
 
     fn payload_ended(&self) -> bool {
         match &self.payload {
-            Payload::Full(b) => b.is_none(),
+            Payload::Full(b) | Payload::Scanned(b) => b.is_none(),
             Payload::Passthrough(b) => b.is_end_stream(),
             Payload::Stream(b) => b.is_end_stream(),
             Payload::Mock(b) => b.is_end_stream(),

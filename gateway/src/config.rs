@@ -87,6 +87,8 @@ struct RawConfig {
     rate_limits: Vec<crate::budget::RawRateLimit>,
     #[serde(default)]
     pii: Option<crate::content::RawPii>,
+    #[serde(default)]
+    tools: crate::content::tools::ToolsConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +489,8 @@ pub struct Config {
     pub budgets: crate::budget::BudgetConfig,
     /// `[pii]`
     pub pii: crate::content::PiiConfig,
+    /// `[tools]`: what the tool gate does with tools outside the policy's allowed set.
+    pub tools: crate::content::tools::ToolsConfig,
 }
 
 #[derive(Debug)]
@@ -810,6 +814,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         deny,
         budgets,
         pii,
+        tools: raw.tools,
     })
 }
 

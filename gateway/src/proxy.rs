@@ -33,7 +33,12 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Everything the request path reads; built once from the config.
 pub struct State {
-    router: Router,
+    router: Arc<Router>,
+    /// The PII engine (response rules run it too).
+    pii: Option<Arc<crate::content::Pii>>,
+    /// `[pii] response`: the configured actions on answers.
+    pii_response: crate::content::Actions,
+    tools: crate::content::tools::ToolsConfig,
     pipeline: Pipeline,
     policy: Option<Arc<PolicyStore>>,
     jwks: Option<Arc<crate::jwt::Jwks>>,
@@ -59,7 +64,7 @@ impl State {
             .map(|u| Upstream::new(u).map(Arc::new))
             .collect::<Result<Vec<_>, UpstreamSetupError>>()
             .map_err(|e| e.to_string())?;
-        let router = Router::new(config, &upstreams);
+        let router = Arc::new(Router::new(config, &upstreams));
         let (models_openai, models_anthropic) = model_lists(&router);
         let policy = match &config.authorization {
             None => None,
@@ -121,8 +126,18 @@ impl State {
                 ms = t.elapsed().as_millis() as u64, "budgets rebuilt from the audit log");
         }
         Ok(State {
+            pipeline: Pipeline::from_config(
+                config,
+                policy.clone(),
+                jwks.clone(),
+                budgets.clone(),
+                pii.clone(),
+                router.clone(),
+            )?,
             router,
-            pipeline: Pipeline::from_config(config, policy.clone(), jwks.clone(), budgets.clone(), pii)?,
+            pii,
+            pii_response: config.pii.response.clone(),
+            tools: config.tools,
             policy,
             jwks,
             audit,
@@ -179,6 +194,8 @@ enum Rejection {
     UpstreamConnect(Arc<str>),
     UpstreamTimeout(Arc<str>),
     UpstreamFailed(Arc<str>),
+    /// An answer the response filter had to read whole was too large or too slow.
+    AnswerUnscanned(Arc<str>),
     /// The audit log cannot take the call's record: refused, never unrecorded.
     AuditUnavailable,
     Internal,
@@ -195,7 +212,9 @@ impl Rejection {
                 StatusCode::BAD_REQUEST
             }
             Rejection::Denied(d) => d.status,
-            Rejection::UpstreamConnect(_) | Rejection::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Rejection::UpstreamConnect(_) | Rejection::UpstreamFailed(_) | Rejection::AnswerUnscanned(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Rejection::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Rejection::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -217,6 +236,7 @@ impl Rejection {
             Rejection::UpstreamConnect(_) => "upstream_unreachable",
             Rejection::UpstreamTimeout(_) => "upstream_timeout",
             Rejection::UpstreamFailed(_) => "upstream_error",
+            Rejection::AnswerUnscanned(_) => "answer_unscanned",
             Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::Internal => "internal_error",
         }
@@ -226,9 +246,10 @@ impl Rejection {
     fn origin(&self) -> &'static str {
         match self {
             Rejection::Denied(d) => d.gate,
-            Rejection::UpstreamConnect(_) | Rejection::UpstreamTimeout(_) | Rejection::UpstreamFailed(_) => {
-                "upstream"
-            }
+            Rejection::UpstreamConnect(_)
+            | Rejection::UpstreamTimeout(_)
+            | Rejection::UpstreamFailed(_)
+            | Rejection::AnswerUnscanned(_) => "upstream",
             Rejection::Internal | Rejection::AuditUnavailable => "internal",
             _ => "downstream",
         }
@@ -256,6 +277,11 @@ impl Rejection {
             Rejection::UpstreamConnect(u) => format!("upstream `{u}` could not be reached").into(),
             Rejection::UpstreamTimeout(u) => format!("upstream `{u}` did not answer in time").into(),
             Rejection::UpstreamFailed(u) => format!("upstream `{u}` failed before answering").into(),
+            Rejection::AnswerUnscanned(u) => format!(
+                "the answer of upstream `{u}` could not be read whole within the time limit and \
+                 {MAX_SCANNED_ANSWER} bytes, so it could not be checked and is not passed on"
+            )
+            .into(),
             Rejection::AuditUnavailable => {
                 "the audit log cannot record this call, so it is refused; retry later".into()
             }
@@ -705,6 +731,7 @@ pub async fn handle(
         session: HeaderValue::from_static(""),
         response_hash: None,
         spend: None,
+        filter: None,
         start,
         request_id: rid.clone(),
         method: parts.method.clone(),
@@ -812,7 +839,11 @@ pub async fn handle(
         body: &bytes,
         rewritten_body: None,
         pii_obligation: None,
+        pii_response: None,
         pii_findings: Vec::new(),
+        allowed_tools: None,
+        tools_removed: Vec::new(),
+        model_lock: None,
         budget_obligations: Vec::new(),
         reservation: None,
     };
@@ -880,6 +911,7 @@ pub async fn handle(
         log.spend = Some(spend);
     }
     let ask_usage = log.spend.as_ref().is_some_and(|s| s.strip_usage);
+    log.filter = response_filter(&state, &mut call, dialect);
 
     match &upstream.target {
         Target::Mock(opts) => {
@@ -905,13 +937,18 @@ pub async fn handle(
                 s.start(dialect, reply.status, reply.content_type.as_bytes());
             }
             log.status = reply.status.as_u16();
-            let mut resp = Response::new(ResponseBody::mock(reply.body).with_log(log));
-            *resp.status_mut() = reply.status;
-            let h = resp.headers_mut();
+            let mut parts = Response::new(()).into_parts().0;
+            parts.status = reply.status;
+            let h = &mut parts.headers;
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
             h.insert(X_REQUEST_ID, rid);
             h.insert(X_LATTICE_SESSION, session_header);
-            resp
+            if log.filter.is_some() && reply.content_type != "text/event-stream" {
+                // In memory already: read at once.
+                let Ok(whole) = reply.body.collect().await.map(|c| c.to_bytes());
+                return scanned_answer(parts, whole, dialect, log);
+            }
+            Response::from_parts(parts, ResponseBody::mock(reply.body).with_log(log))
         }
         Target::Http(t) => {
             let body = match send_model {
@@ -1017,20 +1054,101 @@ async fn forward(
     };
     let (mut rp, body) = resp.into_parts();
     strip_hop_by_hop(&mut rp.headers);
-    rp.headers.insert(X_REQUEST_ID, rid);
+    rp.headers.insert(X_REQUEST_ID, rid.clone());
     if !log.session.is_empty() {
         rp.headers.insert(X_LATTICE_SESSION, log.session.clone());
     }
-    let streamed = !rp.headers.contains_key(header::CONTENT_LENGTH);
+    let mut streamed = !rp.headers.contains_key(header::CONTENT_LENGTH);
+    let ct = rp
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map_or(&b""[..], |v| v.as_bytes());
+    let sse = ct.starts_with(b"text/event-stream");
     if let Some(s) = log.spend.as_mut() {
-        let ct = rp
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map_or(&b""[..], |v| v.as_bytes());
         s.start(dialect, rp.status, ct);
     }
     log.status = rp.status.as_u16();
+    if log.filter.is_some() {
+        if !sse {
+            // The filter reads a JSON answer whole, within the upstream's time limit.
+            let read = tokio::time::timeout(
+                t.timeout,
+                http_body_util::Limited::new(body, MAX_SCANNED_ANSWER).collect(),
+            )
+            .await;
+            let Ok(Ok(whole)) = read else {
+                return reject(
+                    Rejection::AnswerUnscanned(upstream.name.clone()),
+                    dialect,
+                    rid,
+                    log,
+                );
+            };
+            return scanned_answer(rp, whole.to_bytes(), dialect, log);
+        }
+        // A filtered stream changes length: it is sent chunked.
+        rp.headers.remove(header::CONTENT_LENGTH);
+        streamed = true;
+    }
     Response::from_parts(rp, ResponseBody::upstream(body, streamed).with_log(log))
+}
+
+/// The largest JSON answer the response filter reads; a larger one is refused (502), never
+/// passed on unscanned.
+const MAX_SCANNED_ANSWER: usize = 16 * 1024 * 1024;
+
+/// The response filter for a call with response rules: PII actions on answers (`[pii] response`
+/// and the policy's), and the allowed tools (the policy's `allowed_tools`).
+fn response_filter(
+    state: &State,
+    call: &mut Call<'_>,
+    dialect: Dialect,
+) -> Option<Box<crate::content::filter::Filter>> {
+    let actions = match &call.pii_response {
+        Some(o) => state.pii_response.with(o),
+        None => state.pii_response.clone(),
+    };
+    let pii = state
+        .pii
+        .as_ref()
+        .filter(|_| !actions.all_allow())
+        .map(|p| (p.clone(), actions));
+    let tools = call.allowed_tools.take().map(|a| (a, state.tools.calls));
+    if pii.is_none() && tools.is_none() {
+        return None;
+    }
+    let rules = crate::content::filter::Rules { pii, tools };
+    Some(Box::new(crate::content::filter::Filter::new(dialect, rules)))
+}
+
+/// A JSON answer read whole: the meter reads the upstream's bytes, the filter rewrites them (or
+/// refuses the answer, in the client's dialect).
+fn scanned_answer(
+    mut parts: http::response::Parts,
+    whole: Bytes,
+    dialect: Dialect,
+    mut log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    if let Some(m) = log.meter() {
+        m.feed(whole.clone());
+    }
+    let Some(filter) = log.filter.as_mut() else {
+        return Response::from_parts(parts, ResponseBody::scanned(whole).with_log(log));
+    };
+    let body = match filter.json(&whole) {
+        Ok(None) => whole,
+        Ok(Some(b)) => b,
+        Err(stopped) => {
+            let status = StatusCode::FORBIDDEN;
+            log.reason = Some(stopped.gate);
+            log.status = status.as_u16();
+            parts.status = status;
+            parts.headers.insert(header::CONTENT_TYPE, JSON);
+            error_body(dialect, status, stopped.code, &stopped.message)
+        }
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, ResponseBody::scanned(body).with_log(log))
 }
 
 /// Asks an OpenAI upstream for a stream's usage (`stream_options.include_usage`). Without a

@@ -85,12 +85,21 @@ lock := {"model": team.lock_model} if {
 	team.lock_model
 } else := {}
 
+# The tools the team may offer, and the model may call: the tool gate refuses (or filters) the
+# others in requests and removes (or blocks) the model's calls of them in answers.
 tools := {"allowed_tools": team.tools} if {
 	not is_admin
 	team.tools
 } else := {}
 
-obligations := object.union(lock, tools)
+# Model lock: the team reaches its models only, also where a route renames a model upstream
+# (the gateway checks the model actually sent too).
+models := {"model_lock": {"models": team.models}} if {
+	not is_admin
+	team.models
+} else := {}
+
+obligations := object.union(object.union(lock, tools), models)
 
 # --- The decision. --------------------------------------------------------------------------
 

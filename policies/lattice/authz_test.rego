@@ -43,6 +43,7 @@ test_model_lock_is_an_obligation if {
 	d.allow
 	d.obligations.model == "gpt-4o-mini"
 	d.obligations.allowed_tools == []
+	d.obligations.model_lock == {"models": ["gpt-4o-mini", "demo"]}
 }
 
 test_disallowed_tool_is_denied if {

@@ -49,7 +49,13 @@ pub struct Behavior {
     pub hang: bool,
     /// Answer with this status and a fixed OpenAI-style error body.
     pub status: Option<StatusCode>,
+    /// Answer with what this returns for the request's path and JSON body: a content type and
+    /// the body's pieces, each handed to the connection on its own.
+    pub script: Option<Script>,
 }
+
+/// See [`Behavior::script`].
+pub type Script = Arc<dyn Fn(&str, &serde_json::Value) -> (&'static str, Vec<Bytes>) + Send + Sync>;
 
 pub struct MockUpstream {
     pub addr: SocketAddr,
@@ -162,6 +168,22 @@ impl Shared {
             );
         }
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if let Some(script) = &self.behavior.script {
+            let (content_type, pieces) = script(parts.uri.path(), &v);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+            tokio::spawn(async move {
+                for p in pieces {
+                    if tx.send(p).await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+            let mut resp = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+            resp.headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+            return resp;
+        }
         let model = v["model"].as_str().unwrap_or("").to_string();
         let stream = v["stream"].as_bool().unwrap_or(false);
         let path = parts.uri.path().to_string();
@@ -336,6 +358,18 @@ impl TestGateway {
 /// The standard test configuration: OpenAI- and Anthropic-kind upstreams pointing at `up`, the
 /// built-in mock as `demo`, a renaming alias and two deny rules. `server_extra` lands in
 /// `[server]`, `upstream_extra` in both HTTP upstreams.
+/// Writes into `dir` a policy bundle that allows every call and sets `obligations` (a JSON
+/// object), replacing what was there.
+pub fn allow_with_obligations(dir: &Path, obligations: &str) {
+    std::fs::write(
+        dir.join("p.rego"),
+        format!(
+            "package lattice.authz\nimport rego.v1\ndecision := {{\"allow\": true, \"reasons\": [], \"obligations\": {obligations}}}\n"
+        ),
+    )
+    .unwrap();
+}
+
 pub fn config(up: SocketAddr, server_extra: &str, upstream_extra: &str) -> String {
     format!(
         r#"

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use http::{Method, StatusCode};
-use lattice_tests::{Behavior, MockUpstream, TestGateway, config, request, send};
+use lattice_tests::{Behavior, MockUpstream, TestGateway, allow_with_obligations, config, request, send};
 
 const PII: &str = r#"
 [pii]
@@ -153,18 +153,10 @@ async fn personal_data_is_redacted_before_it_leaves_and_secrets_are_refused() {
 }
 
 #[tokio::test]
-async fn a_policy_sets_pii_actions_and_unenforceable_rules_fail_closed() {
+async fn a_policy_sets_pii_actions_for_requests_and_answers_and_malformed_ones_fail_closed() {
     let up = MockUpstream::start(Behavior::default()).await;
     let pol = tempfile::tempdir().unwrap();
-    let write = |obligations: &str| {
-        std::fs::write(
-            pol.path().join("p.rego"),
-            format!(
-                "package lattice.authz\nimport rego.v1\ndecision := {{\"allow\": true, \"reasons\": [], \"obligations\": {obligations}}}\n"
-            ),
-        )
-        .unwrap();
-    };
+    let write = |obligations: &str| allow_with_obligations(pol.path(), obligations);
     let cfg = format!(
         "[authorization]\npolicy_dir = \"{}\"\n{}",
         pol.path().display(),
@@ -192,21 +184,35 @@ async fn a_policy_sets_pii_actions_and_unenforceable_rules_fail_closed() {
     assert!(up.recorded().is_empty());
     gw.stop().await;
 
-    // Response rules cannot be enforced yet: the call is refused rather than let through.
+    // Response rules from the policy: the mock echoes the address it was sent, and the answer
+    // is redacted on its way back (JSON and stream).
     write(r#"{"pii": {"response": {"email": "redact"}}}"#);
+    let gw = TestGateway::start(&cfg).await;
+    for stream in [false, true] {
+        let demo = format!(
+            r#"{{"model":"demo","stream":{stream},"messages":[{{"role":"user","content":"mail ana@example.com"}}]}}"#
+        );
+        let r = send(
+            gw.addr,
+            request(
+                Method::POST,
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                demo,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(!r.text().contains("ana@example.com"), "{}", r.text());
+        assert!(r.text().contains("[EMAIL_1]"), "{}", r.text());
+    }
+    gw.stop().await;
+
+    // A malformed rule fails closed.
+    write(r#"{"pii": {"response": {"email": "shred"}}}"#);
     let gw = TestGateway::start(&cfg).await;
     let r = call(gw.addr).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.json()["error"]["code"], "policy_invalid");
-    assert!(up.recorded().is_empty());
     gw.stop().await;
-
-    // And the config refuses them too.
-    let bad = format!(
-        "{}\n[pii]\nresponse = {{ email = \"redact\" }}\n",
-        config(up.addr, "", "")
-    );
-    let e = lattice_gateway::Config::from_str_with_env(std::path::Path::new("x.toml"), &bad, &|_| None)
-        .unwrap_err();
-    assert_eq!(e.key, "pii.response");
 }

@@ -8,7 +8,9 @@
 //! string value is scanned (message text of every role, tool calls and tool results, in both
 //! dialects; not ids, roles, model names or inline image data) and the findings acted on.
 
+pub mod filter;
 pub mod pii;
+pub mod tools;
 
 use std::collections::BTreeMap;
 
@@ -105,13 +107,6 @@ pub fn validate(raw: Option<RawPii>) -> Result<PiiConfig, (String, String)> {
     let Some(raw) = raw else {
         return Ok(PiiConfig::default());
     };
-    // Refused rather than ignored: a response rule that is silently not enforced fails open.
-    if !raw.response.all_allow() {
-        return Err((
-            "pii.response".into(),
-            "responses are not scanned yet: only `allow` is accepted here".into(),
-        ));
-    }
     let mut custom = Vec::new();
     for (i, d) in raw.detectors.into_iter().enumerate() {
         let key = format!("pii.detectors[{i}]");
@@ -167,7 +162,8 @@ pub struct Scanned {
     pub blocked: Option<Box<str>>,
 }
 
-/// Keys whose string values are not text: identifiers, roles, model names, inline images.
+/// Keys whose string values are not text: identifiers, roles, model names, inline images,
+/// protocol fields of answers, and signatures (which must come back byte for byte).
 fn skipped(key: &str) -> bool {
     matches!(
         key,
@@ -180,6 +176,11 @@ fn skipped(key: &str) -> bool {
             | "media_type"
             | "data"
             | "cache_control"
+            | "object"
+            | "finish_reason"
+            | "stop_reason"
+            | "system_fingerprint"
+            | "signature"
     )
 }
 
@@ -189,34 +190,45 @@ pub struct Pii {
     config: PiiConfig,
 }
 
-struct Rewriter<'a> {
-    scanner: &'a Scanner,
-    actions: &'a Actions,
+/// What was found, by kind, and the placeholder numbers given so far: one per call and
+/// direction, so the same value gets the same placeholder throughout.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
     /// kind -> (count, action)
     found: BTreeMap<Box<str>, (u32, Action)>,
-    /// (kind, value) -> placeholder number, per call.
+    /// (kind, value) -> placeholder number.
     numbers: BTreeMap<(Box<str>, String), usize>,
+    /// Something was rewritten.
     changed: bool,
 }
 
-impl Rewriter<'_> {
-    fn text(&mut self, s: &mut String) {
-        let mut hits = Vec::new();
-        self.scanner.scan(s, |h| hits.push(h));
-        if hits.is_empty() {
-            return;
-        }
-        let mut out = String::with_capacity(s.len());
-        let mut at = 0;
+impl Tally {
+    /// Appends `text[range]` to `out` with each of `hits` (inside `range`, in order) acted on.
+    /// Returns the first kind whose action is `block` (the text is still appended).
+    pub(crate) fn apply(
+        &mut self,
+        scanner: &Scanner,
+        actions: &Actions,
+        text: &str,
+        range: std::ops::Range<usize>,
+        hits: &[pii::Hit],
+        out: &mut String,
+    ) -> Option<Box<str>> {
+        let mut blocked = None;
+        let mut at = range.start;
         for h in hits {
-            let kind = &self.scanner.detectors()[h.detector].kind;
-            let action = self.actions.get(kind);
+            let kind = &scanner.detectors()[h.detector].kind;
+            let action = actions.get(kind);
             let e = self.found.entry(kind.clone()).or_insert((0, action));
             e.0 += 1;
-            let value = &s[h.span.clone()];
-            out.push_str(&s[at..h.span.start]);
+            let value = &text[h.span.clone()];
+            out.push_str(&text[at..h.span.start]);
             match action {
-                Action::Allow | Action::Block => out.push_str(value),
+                Action::Allow => out.push_str(value),
+                Action::Block => {
+                    blocked.get_or_insert_with(|| kind.clone());
+                    out.push_str(value);
+                }
                 Action::Redact => {
                     // Numbered per kind, in order of first appearance.
                     let next = self.numbers.keys().filter(|(k, _)| k == kind).count() + 1;
@@ -241,11 +253,65 @@ impl Rewriter<'_> {
             }
             at = h.span.end;
         }
-        out.push_str(&s[at..]);
+        out.push_str(&text[at..range.end]);
+        blocked
+    }
+
+    pub(crate) fn changed(&self) -> bool {
+        self.changed
+    }
+
+    pub(crate) fn findings(&self, direction: &'static str) -> Vec<Finding> {
+        self.found
+            .iter()
+            .map(|(k, (count, action))| Finding {
+                kind: k.clone(),
+                direction,
+                count: *count,
+                action: *action,
+            })
+            .collect()
+    }
+}
+
+/// Rewrites every string of a JSON document that is text (see [`skipped`]).
+pub(crate) struct Rewriter<'a> {
+    pub scanner: &'a Scanner,
+    pub actions: &'a Actions,
+    pub tally: &'a mut Tally,
+    pub blocked: Option<Box<str>>,
+    hits: Vec<pii::Hit>,
+}
+
+impl<'a> Rewriter<'a> {
+    pub(crate) fn new(scanner: &'a Scanner, actions: &'a Actions, tally: &'a mut Tally) -> Self {
+        Rewriter {
+            scanner,
+            actions,
+            tally,
+            blocked: None,
+            hits: Vec::new(),
+        }
+    }
+
+    pub(crate) fn text(&mut self, s: &mut String) {
+        self.hits.clear();
+        let hits = &mut self.hits;
+        self.scanner.scan(s, |h| hits.push(h));
+        if self.hits.is_empty() {
+            return;
+        }
+        let mut out = String::with_capacity(s.len());
+        let blocked = self
+            .tally
+            .apply(self.scanner, self.actions, s, 0..s.len(), &self.hits, &mut out);
+        if self.blocked.is_none() {
+            self.blocked = blocked;
+        }
         *s = out;
     }
 
-    fn walk(&mut self, v: &mut Value) {
+    pub(crate) fn walk(&mut self, v: &mut Value) {
         match v {
             Value::String(s) => self.text(s),
             Value::Array(a) => a.iter_mut().for_each(|v| self.walk(v)),
@@ -306,29 +372,12 @@ impl Pii {
         let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
             return Scanned::default();
         };
-        let mut w = Rewriter {
-            scanner: &self.scanner,
-            actions,
-            found: BTreeMap::new(),
-            numbers: BTreeMap::new(),
-            changed: false,
-        };
+        let mut tally = Tally::default();
+        let mut w = Rewriter::new(&self.scanner, actions, &mut tally);
         w.walk(&mut v);
-        let findings: Vec<Finding> = w
-            .found
-            .iter()
-            .map(|(k, (count, action))| Finding {
-                kind: k.clone(),
-                direction: "request",
-                count: *count,
-                action: *action,
-            })
-            .collect();
-        let blocked = findings
-            .iter()
-            .find(|f| f.action == Action::Block)
-            .map(|f| f.kind.clone());
-        let body = (w.changed && blocked.is_none())
+        let blocked = w.blocked.take();
+        let findings = tally.findings("request");
+        let body = (tally.changed() && blocked.is_none())
             .then(|| serde_json::to_vec(&v).ok().map(bytes::Bytes::from))
             .flatten();
         Scanned {

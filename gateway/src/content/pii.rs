@@ -11,8 +11,9 @@
 
 use std::ops::Range;
 
+use regex_automata::hybrid::dfa::{Cache as LiveCache, DFA};
 use regex_automata::meta::Regex;
-use regex_automata::{Anchored, Input, PatternID};
+use regex_automata::{Anchored, Input, MatchKind, PatternID};
 
 /// What a detector validates beyond its pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +134,15 @@ pub struct Hit {
 /// The detectors, compiled into one automaton.
 pub struct Scanner {
     re: Regex,
+    /// The same patterns as a lazy DFA that reports every pattern (`MatchKind::All`): run
+    /// anchored from a position, it says whether a match could start there and still be in
+    /// progress at the end of the text seen so far (see [`Scanner::live_from`]).
+    live: DFA,
     detectors: Vec<Detector>,
 }
+
+/// Scratch space for [`Scanner::live_from`]; one per stream.
+pub struct Liveness(LiveCache);
 
 impl Scanner {
     pub fn new(detectors: Vec<Detector>) -> Result<Scanner, String> {
@@ -144,7 +152,47 @@ impl Scanner {
             .configure(Regex::config().hybrid_cache_capacity(8 * 1024 * 1024))
             .build_many(&patterns)
             .map_err(|e| e.to_string())?;
-        Ok(Scanner { re, detectors })
+        let live = DFA::builder()
+            .configure(
+                DFA::config()
+                    .match_kind(MatchKind::All)
+                    // A custom pattern's Unicode `\b` makes the DFA give up on non-ASCII text,
+                    // which `live_from` treats as "maybe": held back, never passed unscanned.
+                    .unicode_word_boundary(true),
+            )
+            .build_many(&patterns)
+            .map_err(|e| e.to_string())?;
+        Ok(Scanner { re, live, detectors })
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        Liveness(self.live.create_cache())
+    }
+
+    /// Could a match that starts at `start` still be in progress at the end of `text`? `false`
+    /// when every detector's pattern has failed (or finished) before the end, so no more text
+    /// can change what is found from `start`. Undecidable cases answer `true`.
+    pub fn live_from(&self, text: &str, start: usize, cache: &mut Liveness) -> bool {
+        let cache = &mut cache.0;
+        let input = Input::new(text).range(start..).anchored(Anchored::Yes);
+        let Ok(mut sid) = self.live.start_state_forward(cache, &input) else {
+            return true;
+        };
+        for &b in &text.as_bytes()[start..] {
+            match self.live.next_state(cache, sid, b) {
+                Ok(next) if next.is_dead() => return false,
+                Ok(next) if next.is_quit() => return true,
+                Ok(next) => sid = next,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    /// Like [`Scanner::scan`], from `from` on (the text before it is context: word boundaries
+    /// and the validators look at it).
+    pub fn scan_from(&self, text: &str, from: usize, f: impl FnMut(Hit)) {
+        self.scan_at(text, from, f);
     }
 
     pub fn detectors(&self) -> &[Detector] {
@@ -152,8 +200,12 @@ impl Scanner {
     }
 
     /// Calls `f` with every validated match in `text`, in order, not overlapping.
-    pub fn scan(&self, text: &str, mut f: impl FnMut(Hit)) {
-        let mut at = 0;
+    pub fn scan(&self, text: &str, f: impl FnMut(Hit)) {
+        self.scan_at(text, 0, f);
+    }
+
+    fn scan_at(&self, text: &str, from: usize, mut f: impl FnMut(Hit)) {
+        let mut at = from;
         while at < text.len() {
             let Some(m) = self.re.search(&Input::new(text).range(at..)) else {
                 return;

@@ -63,6 +63,9 @@ struct DecisionPayload<'a> {
     /// What the PII gate found, by kind, and what it did (never the values).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pii: &'a [crate::content::Finding],
+    /// Tools the tool gate took out of the request.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools_removed: &'a [Box<str>],
     /// The worst case reserved on the call's budgets (the ledger's durable half).
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<crate::budget::Reserved<'a>>,
@@ -105,6 +108,7 @@ pub fn decision(
         policy_sha256: call.policy_sha256.as_deref(),
         request_sha256,
         pii: &call.pii_findings,
+        tools_removed: &call.tools_removed,
         budget: reservation.map(|r| r.record()),
     };
     Event {
@@ -128,6 +132,10 @@ pub struct EndPayload<'a> {
     /// The call's settlement: usage, how it was known, and what was charged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spend: Option<&'a crate::budget::Settlement>,
+    /// What the response filter found in the answer and did (PII by kind, tool calls removed,
+    /// an answer stopped); never a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a crate::content::filter::Report>,
 }
 
 /// Appends the `call.end` event lazily: the response is already on its way, and this record

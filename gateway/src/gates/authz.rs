@@ -140,34 +140,37 @@ impl Gate for Authorization {
                 if let Some(m) = d.obligations.get("model").and_then(|m| m.as_str()) {
                     call.model_override = Some(m.to_string());
                 }
+                let invalid = |what: &str| {
+                    tracing::error!(
+                        obligation = what,
+                        sha256 = bundle.sha256(),
+                        "policy's obligation is malformed; call refused"
+                    );
+                    deny(
+                        StatusCode::FORBIDDEN,
+                        "policy_invalid",
+                        format!("the authorization policy set a `{what}` obligation the gateway cannot read"),
+                    )
+                };
                 if let Some(p) = d.obligations.get("pii") {
                     // {"request": {"email": "redact", ...}, "response": {...}}
-                    // Response rules cannot be enforced yet: refused, not silently dropped.
-                    let response = p.get("response").cloned().unwrap_or(serde_json::Value::Null);
-                    if !response.is_null()
-                        && serde_json::from_value::<crate::content::Actions>(response)
-                            .map_or(true, |a| !a.all_allow())
-                    {
-                        return Err(deny(
-                            StatusCode::FORBIDDEN,
-                            "policy_invalid",
-                            "the authorization policy set PII rules for responses, which this gateway does not enforce yet".into(),
-                        ));
-                    }
-                    let request = p.get("request").cloned().unwrap_or(serde_json::Value::Null);
-                    let parsed = if request.is_null() {
-                        Ok(None)
-                    } else {
-                        serde_json::from_value::<crate::content::Actions>(request).map(Some)
+                    let actions = |dir: &str| match p.get(dir) {
+                        None | Some(serde_json::Value::Null) => Ok(None),
+                        Some(a) => serde_json::from_value::<crate::content::Actions>(a.clone()).map(Some),
                     };
-                    call.pii_obligation = parsed.map_err(|e| {
-                        tracing::error!(error = %e, sha256 = bundle.sha256(), "policy's pii obligation is malformed; call refused");
-                        deny(
-                            StatusCode::FORBIDDEN,
-                            "policy_invalid",
-                            "the authorization policy set a PII rule the gateway cannot read".into(),
-                        )
-                    })?;
+                    call.pii_obligation = actions("request").map_err(|_| invalid("pii"))?;
+                    call.pii_response = actions("response").map_err(|_| invalid("pii"))?;
+                }
+                if let Some(t) = d.obligations.get("allowed_tools") {
+                    let allowed = crate::content::tools::AllowedTools::from_obligation(t)
+                        .ok_or_else(|| invalid("allowed_tools"))?;
+                    call.allowed_tools = Some(Arc::new(allowed));
+                }
+                if let Some(l) = d.obligations.get("model_lock") {
+                    call.model_lock = Some(
+                        super::model_lock::ModelLock::from_obligation(l)
+                            .ok_or_else(|| invalid("model_lock"))?,
+                    );
                 }
                 if let Some(b) = d.obligations.get("budget") {
                     // A budget the gateway cannot read is not silently dropped: fail closed.

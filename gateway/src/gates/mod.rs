@@ -13,8 +13,10 @@ pub mod authz;
 pub mod budget;
 mod deny;
 pub mod identity;
+pub mod model_lock;
 pub mod pii;
 pub mod ratelimit;
+pub mod tools;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -79,8 +81,17 @@ pub struct Call<'a> {
     pub rewritten_body: Option<bytes::Bytes>,
     /// The policy's `pii` obligation for requests: actions by kind, over `[pii] request`.
     pub pii_obligation: Option<crate::content::Actions>,
+    /// The policy's `pii` obligation for answers: actions by kind, over `[pii] response`.
+    pub pii_response: Option<crate::content::Actions>,
     /// What the PII gate found and did (for the audit record).
     pub pii_findings: Vec<crate::content::Finding>,
+    /// The policy's `allowed_tools` obligation: the tools this call may offer and the model may
+    /// call (the tool gate and the response filter enforce it).
+    pub allowed_tools: Option<Arc<crate::content::tools::AllowedTools>>,
+    /// Tools the tool gate took out of the request (`[tools] offered = "filter"`).
+    pub tools_removed: Vec<Box<str>>,
+    /// The policy's `model_lock` obligation.
+    pub model_lock: Option<model_lock::ModelLock>,
     /// Budgets the policy decision set (its `budget` obligation), charged with the configured.
     pub budget_obligations: Vec<crate::budget::Limit>,
     /// The worst case reserved on the call's budgets (set by the budget gate).
@@ -136,6 +147,7 @@ impl Pipeline {
         jwks: Option<Arc<crate::jwt::Jwks>>,
         budgets: Option<Arc<crate::budget::Budgets>>,
         pii: Option<Arc<crate::content::Pii>>,
+        router: Arc<crate::router::Router>,
     ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
@@ -144,19 +156,28 @@ impl Pipeline {
             gates.push(Box::new(g.clone()));
         }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
+        let authorized = policy.is_some();
         if let Some(store) = policy {
             gates.push(Box::new(authz::Authorization::new(store, budgets.clone())));
         }
         // Constraints: the static deny list is the first (a static rule is the cheapest check),
-        // then rate limits, then budgets last: a reservation is only made for a call that every
-        // other gate let through. PII, tool gate and model lock join here.
+        // the model lock next, then rate limits, the tool gate and PII (content: the tool gate
+        // first, so PII scans what is sent), and budgets last: a reservation is only made for a
+        // call that every other gate let through.
         if let Some(g) = deny::DenyList::from_config(&config.deny) {
             gates.push(Box::new(g));
+        }
+        // The model lock and the tool gate enforce obligations, so they exist with a policy.
+        if authorized {
+            gates.push(Box::new(model_lock::ModelLockGate(router)));
         }
         if let Some(b) = &budgets
             && !config.budgets.rate_limits.is_empty()
         {
             gates.push(Box::new(ratelimit::RateLimits(b.clone())));
+        }
+        if authorized {
+            gates.push(Box::new(tools::ToolGate(config.tools)));
         }
         // Content before budgets: a blocked call reserves nothing.
         if let Some(p) = pii {

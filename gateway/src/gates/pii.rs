@@ -28,7 +28,9 @@ impl Gate for PiiGate {
             }
             None => config,
         };
-        let scanned = self.0.request(call.body, actions);
+        // What the tool gate left of the body, if it changed it.
+        let body = call.rewritten_body.as_deref().unwrap_or(call.body);
+        let scanned = self.0.request(body, actions);
         call.pii_findings = scanned.findings;
         if let Some(kind) = scanned.blocked {
             return Err(Denial {
@@ -43,7 +45,9 @@ impl Gate for PiiGate {
                 retry_after: None,
             });
         }
-        call.rewritten_body = scanned.body;
+        if scanned.body.is_some() {
+            call.rewritten_body = scanned.body;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,532 @@
+//! Content gates over real sockets: PII in answers (JSON and streams, both dialects), the tool
+//! gate (offered tools and the model's tool calls) and the model lock.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use lattice_tests::{
+    Behavior, MockUpstream, Reply, Script, TestGateway, allow_with_obligations, config, request, send,
+};
+use serde_json::{Value, json};
+
+const SSE: &str = "text/event-stream";
+
+/// The PII an answer carries in these tests, and what must never reach the client.
+const EMAIL: &str = "ana.lopez@example.com";
+const CARD: &str = "4111 1111 1111 1111";
+const ANSWER: &str = "Write to ana.lopez@example.com, card 4111 1111 1111 1111, thanks.";
+
+fn openai_sse(events: Vec<Value>) -> Vec<Bytes> {
+    let mut out: Vec<Bytes> = events
+        .into_iter()
+        .map(|e| Bytes::from(format!("data: {e}\n\n")))
+        .collect();
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+fn openai_chunk(delta: Value, finish: Value) -> Value {
+    json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
+fn anthropic_sse(events: Vec<Value>) -> Vec<Bytes> {
+    events
+        .into_iter()
+        .map(|e| Bytes::from(format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap())))
+        .collect()
+}
+
+fn anthropic_start() -> Value {
+    json!({"type": "message_start", "message": {"id": "m1", "type": "message", "role": "assistant",
+           "content": [], "model": "claude", "stop_reason": null, "stop_sequence": null,
+           "usage": {"input_tokens": 3, "output_tokens": 1}}})
+}
+
+/// An upstream that answers `text`: JSON, or a stream of one event per character (the SSE
+/// bytes themselves also arrive in pieces that cut events apart).
+fn text_script(text: &'static str) -> Script {
+    Arc::new(move |path: &str, req: &Value| {
+        let stream = req["stream"].as_bool().unwrap_or(false);
+        let anthropic = path.ends_with("/v1/messages");
+        let chars = text.chars().map(String::from);
+        let pieces: Vec<Bytes> = match (anthropic, stream) {
+            (false, false) => vec![Bytes::from(
+                json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}})
+                .to_string(),
+            )],
+            (true, false) => vec![Bytes::from(
+                json!({"id": "m", "type": "message", "role": "assistant", "model": "claude",
+                       "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                       "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 9}})
+                .to_string(),
+            )],
+            (false, true) => {
+                let mut ev = vec![openai_chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                )];
+                ev.extend(chars.map(|c| openai_chunk(json!({"content": c}), Value::Null)));
+                ev.push(openai_chunk(json!({}), json!("stop")));
+                split_reads(openai_sse(ev))
+            }
+            (true, true) => {
+                let mut ev = vec![
+                    anthropic_start(),
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ];
+                ev.extend(chars.map(|c| {
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": c}})
+                }));
+                ev.push(json!({"type": "content_block_stop", "index": 0}));
+                ev.push(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 9}}));
+                ev.push(json!({"type": "message_stop"}));
+                split_reads(anthropic_sse(ev))
+            }
+        };
+        (if stream { SSE } else { "application/json" }, pieces)
+    })
+}
+
+/// The same bytes in pieces of 29: events and their JSON cut at arbitrary points.
+fn split_reads(events: Vec<Bytes>) -> Vec<Bytes> {
+    let all: Vec<u8> = events.concat();
+    all.chunks(29).map(Bytes::copy_from_slice).collect()
+}
+
+async fn chat(gw: &TestGateway, anthropic: bool, body: Value) -> Reply {
+    let (path, mut headers) = if anthropic {
+        ("/v1/messages", vec![("anthropic-version", "2023-06-01")])
+    } else {
+        ("/v1/chat/completions", vec![])
+    };
+    headers.push(("content-type", "application/json"));
+    send(gw.addr, request(Method::POST, path, &headers, body.to_string())).await
+}
+
+/// The text a client got: a JSON answer's, or the deltas of a stream, in either dialect.
+fn answer_text(r: &Reply, anthropic: bool, stream: bool) -> String {
+    if !stream {
+        let v = r.json();
+        return if anthropic {
+            v["content"][0]["text"].as_str().unwrap_or("").to_string()
+        } else {
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+    }
+    events(r)
+        .iter()
+        .filter_map(|v| {
+            if anthropic {
+                v.pointer("/delta/text")
+            } else {
+                v.pointer("/choices/0/delta/content")
+            }
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The JSON events of a stream (`[DONE]` left out).
+fn events(r: &Reply) -> Vec<Value> {
+    r.text()
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// The `call.end` records, once there are `n` (a call's end record is written when its response
+/// body is dropped, which can be just after the client has read it).
+async fn end_records(gw: &TestGateway, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let log = lattice_audit::DiskStorage::open(&gw.dir.path().join("lattice-data/audit")).unwrap();
+        let mut out = Vec::new();
+        lattice_audit::verify::for_each_record(&log, |r| {
+            if r.event.kind == "call.end" {
+                out.push(serde_json::from_slice(&r.event.payload).unwrap());
+            }
+        })
+        .unwrap();
+        if out.len() >= n {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("fewer than {n} call.end records");
+}
+
+#[tokio::test]
+async fn pii_in_answers_is_redacted_in_json_and_streams_of_both_dialects() {
+    let up = MockUpstream::start(Behavior {
+        script: Some(text_script(ANSWER)),
+        ..Default::default()
+    })
+    .await;
+    let pii = "[pii]\nresponse = { default = \"redact\", card = \"mask\" }\n";
+    let gw = TestGateway::start(&format!("{}{pii}", config(up.addr, "", ""))).await;
+    for anthropic in [false, true] {
+        for stream in [false, true] {
+            let model = if anthropic { "claude-3-5-haiku" } else { "gpt-4o" };
+            let body = json!({"model": model, "max_tokens": 50, "stream": stream,
+                              "messages": [{"role": "user", "content": "contact?"}]});
+            let r = chat(&gw, anthropic, body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let raw = r.text();
+            assert!(!raw.contains(EMAIL) && !raw.contains(CARD), "leaked: {raw}");
+            assert_eq!(
+                answer_text(&r, anthropic, stream),
+                "Write to [EMAIL_1], card ***************1111, thanks.",
+                "anthropic={anthropic} stream={stream}"
+            );
+        }
+    }
+    // What was found in the answers is in their end records, never the values.
+    let ends = end_records(&gw, 4).await;
+    assert_eq!(ends.len(), 4);
+    for e in &ends {
+        assert!(!e.to_string().contains(EMAIL));
+        let found: Vec<(String, String, u64)> = e["content"]["pii"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().into(),
+                    f["direction"].as_str().unwrap().into(),
+                    f["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("card".into(), "response".into(), 1),
+                ("email".into(), "response".into(), 1)
+            ],
+            "{e}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_blocked_kind_in_an_answer_stops_it_before_the_value_goes_out() {
+    let up = MockUpstream::start(Behavior {
+        script: Some(text_script(ANSWER)),
+        ..Default::default()
+    })
+    .await;
+    let pii = "[pii]\nresponse = { email = \"block\" }\n";
+    let gw = TestGateway::start(&format!("{}{pii}", config(up.addr, "", ""))).await;
+    for anthropic in [false, true] {
+        let model = if anthropic { "claude-3-5-haiku" } else { "gpt-4o" };
+        let r = chat(
+            &gw,
+            anthropic,
+            json!({"model": model, "max_tokens": 50, "messages": []}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(!r.text().contains(EMAIL));
+        let e = r.json();
+        // Both dialects put the message at error.message.
+        let msg = &e["error"]["message"];
+        assert!(msg.as_str().unwrap().contains("detector `email`"), "{e}");
+
+        let r = chat(
+            &gw,
+            anthropic,
+            json!({"model": model, "max_tokens": 50, "stream": true, "messages": []}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let raw = r.text();
+        assert!(!raw.contains("ana.lopez"), "{raw}");
+        // The text before the address went out; then the error event ended the stream.
+        assert_eq!(answer_text(&r, anthropic, true), "Write to ");
+        let last = events(&r).pop().unwrap();
+        if anthropic {
+            assert_eq!(last["type"], "error");
+        } else {
+            assert_eq!(last["error"]["code"], "pii_blocked");
+        }
+    }
+    gw.stop().await;
+}
+
+/// A policy that allows everything and sets these obligations.
+fn policy_config(up: std::net::SocketAddr, obligations: &str, extra: &str) -> (tempfile::TempDir, String) {
+    let pol = tempfile::tempdir().unwrap();
+    allow_with_obligations(pol.path(), obligations);
+    let cfg = format!(
+        "[authorization]\npolicy_dir = \"{}\"\n{}{extra}",
+        pol.path().display(),
+        config(up, "", "")
+    );
+    (pol, cfg)
+}
+
+/// An upstream whose model calls `shell` and then `web_search`.
+fn tool_script() -> Script {
+    Arc::new(|path: &str, req: &Value| {
+        let stream = req["stream"].as_bool().unwrap_or(false);
+        let anthropic = path.ends_with("/v1/messages");
+        let pieces = match (anthropic, stream) {
+            (false, false) => vec![Bytes::from(
+                json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                       "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                         "tool_calls": [
+                           {"id": "t0", "type": "function", "function": {"name": "shell", "arguments": "{\"cmd\":\"rm -rf /\"}"}},
+                           {"id": "t1", "type": "function", "function": {"name": "web_search", "arguments": "{\"q\":\"rust\"}"}}]}}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}})
+                .to_string(),
+            )],
+            (true, false) => vec![Bytes::from(
+                json!({"id": "m", "type": "message", "role": "assistant", "model": "claude", "stop_reason": "tool_use",
+                       "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 9},
+                       "content": [{"type": "text", "text": "Looking."},
+                                   {"type": "tool_use", "id": "t0", "name": "shell", "input": {"cmd": "rm -rf /"}},
+                                   {"type": "tool_use", "id": "t1", "name": "web_search", "input": {"q": "rust"}}]})
+                .to_string(),
+            )],
+            (false, true) => split_reads(openai_sse(vec![
+                openai_chunk(json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "t0", "type": "function", "function": {"name": "shell", "arguments": ""}}]}), Value::Null),
+                openai_chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"cmd\":\"rm -rf /\"}"}}]}), Value::Null),
+                openai_chunk(json!({"tool_calls": [{"index": 1, "id": "t1", "type": "function", "function": {"name": "web_search", "arguments": ""}}]}), Value::Null),
+                openai_chunk(json!({"tool_calls": [{"index": 1, "function": {"arguments": "{\"q\":\"rust\"}"}}]}), Value::Null),
+                openai_chunk(json!({}), json!("tool_calls")),
+            ])),
+            (true, true) => split_reads(anthropic_sse(vec![
+                anthropic_start(),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Looking."}}),
+                json!({"type": "content_block_stop", "index": 0}),
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t0", "name": "shell", "input": {}}}),
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"cmd\": \"rm -rf /\"}"}}),
+                json!({"type": "content_block_stop", "index": 1}),
+                json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "t1", "name": "web_search", "input": {}}}),
+                json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"q\": \"rust\"}"}}),
+                json!({"type": "content_block_stop", "index": 2}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+                json!({"type": "message_stop"}),
+            ])),
+        };
+        (if stream { SSE } else { "application/json" }, pieces)
+    })
+}
+
+fn offered(anthropic: bool, names: &[&str]) -> Value {
+    let tools: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            if anthropic {
+                json!({"name": n, "input_schema": {"type": "object"}})
+            } else {
+                json!({"type": "function", "function": {"name": n, "parameters": {"type": "object"}}})
+            }
+        })
+        .collect();
+    Value::Array(tools)
+}
+
+/// The tool names a client can see called in an answer, in order.
+fn called(r: &Reply, anthropic: bool, stream: bool) -> Vec<String> {
+    let name = |v: &Value, ptr: &str| v.pointer(ptr).and_then(Value::as_str).map(str::to_string);
+    match (anthropic, stream) {
+        (false, false) => r.json()["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| name(c, "/function/name")).collect())
+            .unwrap_or_default(),
+        (true, false) => r.json()["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["type"] == "tool_use")
+            .filter_map(|b| name(b, "/name"))
+            .collect(),
+        (false, true) => events(r)
+            .iter()
+            .filter_map(|v| {
+                v.pointer("/choices/0/delta/tool_calls")
+                    .and_then(Value::as_array)
+                    .cloned()
+            })
+            .flatten()
+            .filter_map(|c| name(&c, "/function/name"))
+            .collect(),
+        (true, true) => events(r)
+            .iter()
+            .filter(|v| v["type"] == "content_block_start" && v["content_block"]["type"] == "tool_use")
+            .filter_map(|v| name(v, "/content_block/name"))
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn disallowed_tools_are_neither_offered_to_nor_callable_by_the_model() {
+    let up = MockUpstream::start(Behavior {
+        script: Some(tool_script()),
+        ..Default::default()
+    })
+    .await;
+    let (_pol, cfg) = policy_config(
+        up.addr,
+        r#"{"allowed_tools": ["web_search"]}"#,
+        "[tools]\noffered = \"filter\"\ncalls = \"remove\"\n",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for anthropic in [false, true] {
+        for stream in [false, true] {
+            let model = if anthropic { "claude-3-5-haiku" } else { "gpt-4o" };
+            let body = json!({"model": model, "max_tokens": 50, "stream": stream,
+                              "tools": offered(anthropic, &["shell", "web_search"]),
+                              "messages": [{"role": "user", "content": "look up rust"}]});
+            let r = chat(&gw, anthropic, body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            // The upstream was offered only the allowed tool ...
+            let sent: Value = serde_json::from_slice(&up.last().body).unwrap();
+            assert_eq!(sent["tools"], offered(anthropic, &["web_search"]));
+            // ... and the model's call of the other never reached the client.
+            let what = format!("anthropic={anthropic} stream={stream}");
+            assert_eq!(called(&r, anthropic, stream), vec!["web_search"], "{what}");
+            assert!(
+                !r.text().contains("shell") && !r.text().contains("rm -rf"),
+                "{what}: {}",
+                r.text()
+            );
+            if stream && !anthropic {
+                // Indexes stay dense: the kept call is now index 0.
+                let indexes: Vec<u64> = events(&r)
+                    .iter()
+                    .filter_map(|v| {
+                        v.pointer("/choices/0/delta/tool_calls/0/index")
+                            .and_then(Value::as_u64)
+                    })
+                    .collect();
+                assert!(indexes.iter().all(|i| *i == 0), "{indexes:?}");
+            }
+        }
+    }
+    let ends = end_records(&gw, 4).await;
+    assert!(
+        ends.iter()
+            .all(|e| e["content"]["tool_calls_removed"] == json!(["shell"])),
+        "{ends:?}"
+    );
+    gw.stop().await;
+
+    // The defaults: a request offering a disallowed tool is refused and never sent ...
+    let (_pol, cfg) = policy_config(up.addr, r#"{"allowed_tools": ["web_search"]}"#, "");
+    let gw = TestGateway::start(&cfg).await;
+    let before = up.recorded().len();
+    for anthropic in [false, true] {
+        let model = if anthropic { "claude-3-5-haiku" } else { "gpt-4o" };
+        let body = json!({"model": model, "max_tokens": 50, "tools": offered(anthropic, &["shell"]), "messages": []});
+        let r = chat(&gw, anthropic, body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(
+            r.text().contains("the tool `shell` is not allowed"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(up.recorded().len(), before);
+    // ... and a model calling one anyway has its answer stopped.
+    for anthropic in [false, true] {
+        let model = if anthropic { "claude-3-5-haiku" } else { "gpt-4o" };
+        let body = json!({"model": model, "max_tokens": 50, "tools": offered(anthropic, &["web_search"]), "messages": []});
+        let r = chat(&gw, anthropic, body.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(
+            r.text().contains("tool_call_blocked") || r.text().contains("the tool `shell`"),
+            "{}",
+            r.text()
+        );
+        assert!(!r.text().contains("rm -rf"));
+        let mut body = body;
+        body["stream"] = true.into();
+        let r = chat(&gw, anthropic, body).await;
+        assert!(!r.text().contains("rm -rf"), "{}", r.text());
+        assert!(called(&r, anthropic, true).is_empty());
+        assert!(
+            r.text().contains("the model called the tool `shell`"),
+            "{}",
+            r.text()
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_locked_principal_reaches_no_other_model_by_alias_or_override() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    async fn call(gw: &TestGateway, model: &str) -> Reply {
+        let anthropic = model.starts_with("claude");
+        chat(
+            gw,
+            anthropic,
+            json!({"model": model, "max_tokens": 5, "messages": []}),
+        )
+        .await
+    }
+
+    // Locked to OpenAI's gpt-4o family.
+    let (_pol, cfg) = policy_config(
+        up.addr,
+        r#"{"model_lock": {"models": ["gpt-4o*"], "providers": ["openai"]}}"#,
+        "",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(call(&gw, "gpt-4o").await.status, StatusCode::OK);
+    let r = call(&gw, "claude-3-5-haiku").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["error"]["type"], "permission_error");
+    let r = call(&gw, "gpt-3.5-turbo").await;
+    assert_eq!(r.json()["error"]["code"], "model_locked");
+    // `fast` is an alias the lock does not name, even though it is served by gpt-4o-mini.
+    assert_eq!(call(&gw, "fast").await.json()["error"]["code"], "model_locked");
+    // The mock `demo` model is another provider.
+    assert_eq!(call(&gw, "demo").await.json()["error"]["code"], "model_locked");
+    gw.stop().await;
+
+    // Locked to `fast`: a name that is served by a model outside the lock is refused too.
+    let (_pol, cfg) = policy_config(up.addr, r#"{"model_lock": {"models": ["fast"]}}"#, "");
+    let gw = TestGateway::start(&cfg).await;
+    let r = call(&gw, "fast").await;
+    assert_eq!(r.json()["error"]["code"], "model_locked", "{}", r.text());
+    assert!(r.text().contains("served by model `gpt-4o-mini`"), "{}", r.text());
+    gw.stop().await;
+
+    // A policy override that leaves the lock is refused, not followed.
+    let (_pol, cfg) = policy_config(
+        up.addr,
+        r#"{"model": "claude-3-5-haiku", "model_lock": {"providers": ["openai"]}}"#,
+        "",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let before = up.recorded().len();
+    let r = call(&gw, "gpt-4o").await;
+    assert_eq!(r.json()["error"]["code"], "model_locked", "{}", r.text());
+    assert_eq!(up.recorded().len(), before);
+    gw.stop().await;
+
+    // A malformed lock fails closed.
+    let (_pol, cfg) = policy_config(up.addr, r#"{"model_lock": ["gpt-4o"]}"#, "");
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(
+        call(&gw, "gpt-4o").await.json()["error"]["code"],
+        "policy_invalid"
+    );
+    gw.stop().await;
+}
