@@ -328,7 +328,8 @@ def test_inputs_cover_every_outcome(results: list) -> None:
     # Several reasons at once, and each obligation shape.
     assert any(o[0] == "decision" and len(o[2]) >= 2 for o in outcomes), "no input has two reasons"
     obligations = [o[3] for o in outcomes if o[0] == "decision"]
-    assert any("model" in ob for ob in obligations), "no model lock obligation"
+    assert any("model" in ob for ob in obligations), "no model override obligation"
+    assert any("model_lock" in ob for ob in obligations), "no model lock obligation"
     assert any("allowed_tools" in ob and "model" not in ob for ob in obligations), "no tools-only obligation"
     assert any(ob == {} for ob in obligations), "no input without obligations"
 
@@ -339,7 +340,7 @@ def test_a_known_denial_is_exact_in_both_engines(opa: OpaEngine, lattice_bin: Pa
         "decision",
         False,
         ['team "support" may not use model "gpt-4o"', 'tool "web_search" is not allowed for team "support"'],
-        {"model": "gpt-4o-mini", "allowed_tools": []},
+        {"model": "gpt-4o-mini", "allowed_tools": [], "model_lock": {"models": ["gpt-4o-mini", "demo"]}},
     )
     assert opa_outcome(opa, doc) == want
     assert lattice_outcome(doc) == want
