@@ -15,6 +15,10 @@
 //!   which case the finish reason is `length` (OpenAI) / `max_tokens` (Anthropic).
 //! - Ids carry a hash of the request body; each embedding is a unit vector seeded by a hash of
 //!   its input.
+//! - **Tool calls:** when the request offers tools, each word `call:NAME` of the last user
+//!   message makes the reply call tool `NAME` with arguments `{}`, after its text (whether or
+//!   not `NAME` was offered: a model can call what it was not given, and the gateway must cope).
+//!   The finish reason is then `tool_calls` / `tool_use`; calls add no tokens.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -90,6 +94,8 @@ pub fn respond(view: &CallView<'_>, body: &[u8], opts: &MockOptions) -> MockRepl
 struct Prompt {
     input_tokens: u64,
     last_user: Option<String>,
+    /// Tools to call: `call:NAME` words of the last user message, when tools are offered.
+    calls: Vec<String>,
 }
 
 fn read_prompt(req: &Map<String, Value>, dialect: Dialect) -> Result<Prompt, String> {
@@ -115,8 +121,22 @@ fn read_prompt(req: &Map<String, Value>, dialect: Dialect) -> Result<Prompt, Str
             last_user = Some(text);
         }
     }
+    let offered = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let calls = match (&last_user, offered) {
+        (Some(text), true) => text
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("call:"))
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(Prompt {
         input_tokens: words.max(1),
+        calls,
         last_user,
     })
 }
@@ -198,15 +218,31 @@ fn chat(view: &CallView<'_>, body: &[u8], prompt: &Prompt, opts: &MockOptions) -
     let reply = Reply::new(prompt, view.max_tokens);
     let id = format!("chatcmpl-mock-{:016x}", fnv1a(body.iter().copied()));
     let (created, model) = (unix_now(), view.model.as_ref());
-    let finish = if reply.truncated { "length" } else { "stop" };
+    let calls = &prompt.calls;
+    let finish = match (reply.truncated, calls.is_empty()) {
+        (true, _) => "length",
+        (false, false) => "tool_calls",
+        (false, true) => "stop",
+    };
     let (input, output) = (prompt.input_tokens, reply.tokens());
     let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
+    let call_id = |i: usize| format!("call_mock_{i}");
     if !view.stream {
+        let mut message = json!({"role": "assistant", "content": reply.text(), "refusal": null});
+        if !calls.is_empty() {
+            message["tool_calls"] = calls
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    json!({"id": call_id(i), "type": "function", "function": {"name": name, "arguments": "{}"}})
+                })
+                .collect();
+        }
         return json_reply(&json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.text(), "refusal": null},
+                "message": message,
                 "logprobs": null,
                 "finish_reason": finish,
             }],
@@ -231,6 +267,12 @@ fn chat(view: &CallView<'_>, body: &[u8], prompt: &Prompt, opts: &MockOptions) -
     };
     let mut events = vec![delta(json!({"role": "assistant", "content": ""}), Value::Null)];
     events.extend(reply.deltas().map(|d| delta(json!({"content": d}), Value::Null)));
+    for (i, name) in calls.iter().enumerate() {
+        let start = json!({"index": i, "id": call_id(i), "type": "function", "function": {"name": name, "arguments": ""}});
+        events.push(delta(json!({"tool_calls": [start]}), Value::Null));
+        let args = json!({"index": i, "function": {"arguments": "{}"}});
+        events.push(delta(json!({"tool_calls": [args]}), Value::Null));
+    }
     events.push(delta(json!({}), json!(finish)));
     if view.include_usage {
         events.push(chunk(json!([]), Some(usage)));
@@ -242,7 +284,13 @@ fn chat(view: &CallView<'_>, body: &[u8], prompt: &Prompt, opts: &MockOptions) -
 fn messages(view: &CallView<'_>, body: &[u8], prompt: &Prompt, opts: &MockOptions) -> MockReply {
     let reply = Reply::new(prompt, view.max_tokens);
     let id = format!("msg_mock_{:016x}", fnv1a(body.iter().copied()));
-    let stop = if reply.truncated { "max_tokens" } else { "end_turn" };
+    let calls = &prompt.calls;
+    let stop = match (reply.truncated, calls.is_empty()) {
+        (true, _) => "max_tokens",
+        (false, false) => "tool_use",
+        (false, true) => "end_turn",
+    };
+    let tool_use = |i: usize, name: &str| json!({"type": "tool_use", "id": format!("toolu_mock_{i}"), "name": name, "input": {}});
     let message = |content: Value, stop_reason: Value, output_tokens: u64| {
         json!({
             "id": id, "type": "message", "role": "assistant", "model": view.model.as_ref(),
@@ -251,11 +299,9 @@ fn messages(view: &CallView<'_>, body: &[u8], prompt: &Prompt, opts: &MockOption
         })
     };
     if !view.stream {
-        return json_reply(&message(
-            json!([{"type": "text", "text": reply.text()}]),
-            json!(stop),
-            reply.tokens(),
-        ));
+        let mut content = vec![json!({"type": "text", "text": reply.text()})];
+        content.extend(calls.iter().enumerate().map(|(i, n)| tool_use(i, n)));
+        return json_reply(&message(Value::Array(content), json!(stop), reply.tokens()));
     }
     let event = |name: &str, data: Value| sse(Some(name), &data);
     let mut events = vec![
@@ -278,6 +324,19 @@ fn messages(view: &CallView<'_>, body: &[u8], prompt: &Prompt, opts: &MockOption
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    for (i, name) in calls.iter().enumerate() {
+        let index = i + 1;
+        let start =
+            json!({"type": "content_block_start", "index": index, "content_block": tool_use(i, name)});
+        events.push(event("content_block_start", start));
+        let delta = json!({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "input_json_delta", "partial_json": "{}"}});
+        events.push(event("content_block_delta", delta));
+        events.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
     events.push(event(
         "message_delta",
         json!({
@@ -629,6 +688,55 @@ mod tests {
 
     fn chat_body(extra: &str) -> String {
         format!("{CHAT}{extra}}}")
+    }
+
+    #[tokio::test]
+    async fn offered_tools_are_called_when_the_user_says_call_name() {
+        let tools = r#""tools":[{"type":"function","function":{"name":"web_search"}}]"#;
+        let body = |stream: bool| {
+            format!(
+                r#"{{"model":"demo","stream":{stream},{tools},"messages":[{{"role":"user","content":"please call:web_search call:shell"}}]}}"#
+            )
+        };
+        let v = json_of(call(Surface::ChatCompletions, &body(false))).await;
+        let names: Vec<&str> = v["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["web_search", "shell"]);
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let chunks = openai_chunks(call(Surface::ChatCompletions, &body(true))).await;
+        let started: Vec<(u64, &str)> = chunks
+            .iter()
+            .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0"))
+            .filter_map(|t| Some((t["index"].as_u64()?, t.pointer("/function/name")?.as_str()?)))
+            .collect();
+        assert_eq!(started, [(0, "web_search"), (1, "shell")]);
+
+        let anthropic = |stream: bool| {
+            format!(
+                r#"{{"model":"demo","max_tokens":50,"stream":{stream},"tools":[{{"name":"web_search","input_schema":{{}}}}],"messages":[{{"role":"user","content":"call:web_search"}}]}}"#
+            )
+        };
+        let v = json_of(call(Surface::Messages, &anthropic(false))).await;
+        assert_eq!(v["content"][1]["type"], "tool_use");
+        assert_eq!(v["content"][1]["name"], "web_search");
+        assert_eq!(v["stop_reason"], "tool_use");
+        let events = anthropic_events(call(Surface::Messages, &anthropic(true))).await;
+        let starts: Vec<&Value> = events
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(starts[1]["index"], 1);
+        assert_eq!(starts[1]["content_block"]["name"], "web_search");
+
+        // Without tools offered, `call:` is just a word.
+        let plain = r#"{"model":"demo","messages":[{"role":"user","content":"call:shell"}]}"#;
+        let v = json_of(call(Surface::ChatCompletions, plain)).await;
+        assert!(v["choices"][0]["message"].get("tool_calls").is_none());
     }
 
     #[tokio::test]
