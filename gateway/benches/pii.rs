@@ -2,6 +2,9 @@
 //! and a 64 KB prompt, clean (the body passes untouched) and with personal data in it (parsed,
 //! rewritten, serialised again).
 //!
+//! The response side too: a streamed answer (OpenAI SSE, one event per word) through the
+//! response filter, clean and with personal data, and the same answer as JSON.
+//!
 //! `cargo bench -p lattice-gateway --bench pii` prints p50 / p99 of timed runs, then criterion's
 //! estimates (with MB/s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -9,7 +12,11 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::Arc;
+
+use lattice_gateway::content::filter::{Filter, Rules};
 use lattice_gateway::content::{Action, Actions, Pii, PiiConfig};
+use lattice_providers::Dialect;
 
 const PROSE: &str = "The quarterly report covers revenue, churn and the hiring plan for the platform team. \
 Version 2.14.1 shipped on 2026-11-28 at 10:35:00 with order ORD-2024-000123 and build 550e8400-e29b-41d4-a716-446655440000. \
@@ -38,6 +45,49 @@ fn body(len: usize, with_pii: bool) -> Vec<u8> {
         ]
     }))
     .unwrap()
+}
+
+/// An OpenAI stream of `text`, one event per word, as the upstream sends it.
+fn stream(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, w) in text.split_inclusive(' ').enumerate() {
+        let delta = if i == 0 {
+            serde_json::json!({"role": "assistant", "content": w})
+        } else {
+            serde_json::json!({"content": w})
+        };
+        let chunk = serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
+        out.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out
+}
+
+fn answer(text: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+        "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 700, "total_tokens": 710}}),
+    )
+    .unwrap()
+}
+
+/// A whole stream through a new filter (one call's), in 16 KB reads.
+fn filter_stream(pii: &Arc<Pii>, actions: &Actions, sse: &[u8]) -> usize {
+    let mut f = Filter::new(
+        Dialect::OpenAi,
+        Rules {
+            pii: Some((pii.clone(), actions.clone())),
+            tools: None,
+        },
+    );
+    let mut n = 0;
+    for read in sse.chunks(16 * 1024) {
+        n += f.feed(read).len();
+    }
+    n + f.finish().len()
 }
 
 fn report(name: &str, mut t: Vec<Duration>) {
@@ -76,6 +126,45 @@ fn pii(c: &mut Criterion) {
             .collect();
         report(&format!("request gate, {name}"), t);
     }
+    let shared = Arc::new(Pii::new(PiiConfig::default()).unwrap());
+    for (name, with) in [("4 KB answer, clean", false), ("4 KB answer, with PII", true)] {
+        let t = text(4096, with);
+        let sse = stream(&t);
+        let json = answer(&t);
+        let events = sse
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(b"data:"))
+            .count();
+        let stream_t = (0..1_000)
+            .map(|_| {
+                let s = Instant::now();
+                std::hint::black_box(filter_stream(&shared, &actions, &sse));
+                s.elapsed()
+            })
+            .collect();
+        report(
+            &format!(
+                "response filter, stream of {events} events ({} KB), {name}",
+                sse.len() / 1024
+            ),
+            stream_t,
+        );
+        let json_t = (0..2_000)
+            .map(|_| {
+                let mut f = Filter::new(
+                    Dialect::OpenAi,
+                    Rules {
+                        pii: Some((shared.clone(), actions.clone())),
+                        tools: None,
+                    },
+                );
+                let s = Instant::now();
+                std::hint::black_box(f.json(&json).unwrap());
+                s.elapsed()
+            })
+            .collect();
+        report(&format!("response filter, JSON, {name}"), json_t);
+    }
     let mut g = c.benchmark_group("pii");
     // The same prose without its numbers: what the automaton costs when nothing is a candidate.
     let words: String = PROSE
@@ -104,6 +193,14 @@ fn pii(c: &mut Criterion) {
         let b = body(len, with);
         g.throughput(Throughput::Bytes(b.len() as u64));
         g.bench_function(name, |bch| bch.iter(|| pii.request(&b, &actions)));
+    }
+    for (name, with) in [
+        ("response stream 4 KB answer, clean", false),
+        ("response stream 4 KB answer, with PII", true),
+    ] {
+        let sse = stream(&text(4096, with));
+        g.throughput(Throughput::Bytes(sse.len() as u64));
+        g.bench_function(name, |b| b.iter(|| filter_stream(&shared, &actions, &sse)));
     }
     g.finish();
 }

@@ -185,6 +185,19 @@ impl Filter {
     /// A whole JSON answer: `Ok(None)` to send it as it is, `Ok(Some(body))` rewritten, or the
     /// reason to refuse it. A body that is not JSON is scanned as text.
     pub fn json(&mut self, body: &[u8]) -> Result<Option<Bytes>, Stopped> {
+        // Tool rules only, and no tool call in sight: nothing to parse.
+        if self.rules.pii.is_none()
+            && [
+                &b"\"tool_calls\""[..],
+                b"\"function_call\"",
+                b"\"tool_use\"",
+                b"_tool_use\"",
+            ]
+            .iter()
+            .all(|m| memchr::memmem::find(body, m).is_none())
+        {
+            return Ok(None);
+        }
         let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
             return self.raw_text(body);
         };
