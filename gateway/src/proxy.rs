@@ -278,8 +278,8 @@ impl Rejection {
             Rejection::UpstreamTimeout(u) => format!("upstream `{u}` did not answer in time").into(),
             Rejection::UpstreamFailed(u) => format!("upstream `{u}` failed before answering").into(),
             Rejection::AnswerUnscanned(u) => format!(
-                "the answer of upstream `{u}` could not be read whole within the time limit and \
-                 {MAX_SCANNED_ANSWER} bytes, so it could not be checked and is not passed on"
+                "the answer of upstream `{u}` could not be checked (compressed, or not read whole \
+                 within the time limit and {MAX_SCANNED_ANSWER} bytes), so it is not passed on"
             )
             .into(),
             Rejection::AuditUnavailable => {
@@ -1069,6 +1069,19 @@ async fn forward(
     }
     log.status = rp.status.as_u16();
     if log.filter.is_some() {
+        // Compressed anyway (it was not asked to): it cannot be checked, so it is not passed on.
+        if rp
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|e| e.as_bytes() != b"identity")
+        {
+            return reject(
+                Rejection::AnswerUnscanned(upstream.name.clone()),
+                dialect,
+                rid,
+                log,
+            );
+        }
         if !sse {
             // The filter reads a JSON answer whole, within the upstream's time limit.
             let read = tokio::time::timeout(
@@ -1255,9 +1268,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// What a request loses before it goes upstream: hop-by-hop headers, the client's own
 /// credentials, and `host` / `content-length`, which the upstream leg sets itself.
+/// Also `accept-encoding`: the gateway reads answers (usage, content rules), so it asks for
+/// them uncompressed.
 fn strip_request_headers(h: &mut HeaderMap) {
     strip(h, |n| {
-        is_hop_by_hop(n) || is_client_credential(n) || n == "host" || n == "content-length"
+        is_hop_by_hop(n)
+            || is_client_credential(n)
+            || n == "host"
+            || n == "content-length"
+            || n == "accept-encoding"
     });
 }
 

@@ -55,7 +55,15 @@ pub struct Behavior {
 }
 
 /// See [`Behavior::script`].
-pub type Script = Arc<dyn Fn(&str, &serde_json::Value) -> (&'static str, Vec<Bytes>) + Send + Sync>;
+pub type Script = Arc<dyn Fn(&str, &serde_json::Value) -> Scripted + Send + Sync>;
+
+/// A scripted answer.
+pub struct Scripted {
+    pub content_type: &'static str,
+    /// A `content-encoding` to declare (the pieces are sent as they are).
+    pub encoding: Option<&'static str>,
+    pub pieces: Vec<Bytes>,
+}
 
 pub struct MockUpstream {
     pub addr: SocketAddr,
@@ -169,7 +177,11 @@ impl Shared {
         }
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if let Some(script) = &self.behavior.script {
-            let (content_type, pieces) = script(parts.uri.path(), &v);
+            let Scripted {
+                content_type,
+                encoding,
+                pieces,
+            } = script(parts.uri.path(), &v);
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
             tokio::spawn(async move {
                 for p in pieces {
@@ -182,6 +194,9 @@ impl Shared {
             let mut resp = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
             resp.headers_mut()
                 .insert("content-type", content_type.parse().unwrap());
+            if let Some(e) = encoding {
+                resp.headers_mut().insert("content-encoding", e.parse().unwrap());
+            }
             return resp;
         }
         let model = v["model"].as_str().unwrap_or("").to_string();

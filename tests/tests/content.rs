@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use lattice_tests::{
-    Behavior, MockUpstream, Reply, Script, TestGateway, allow_with_obligations, config, request, send,
+    Behavior, MockUpstream, Reply, Script, Scripted, TestGateway, allow_with_obligations, config, request,
+    send,
 };
 use serde_json::{Value, json};
 
@@ -89,7 +90,11 @@ fn text_script(text: &'static str) -> Script {
                 split_reads(anthropic_sse(ev))
             }
         };
-        (if stream { SSE } else { "application/json" }, pieces)
+        Scripted {
+            content_type: if stream { SSE } else { "application/json" },
+            encoding: None,
+            pieces,
+        }
     })
 }
 
@@ -106,6 +111,8 @@ async fn chat(gw: &TestGateway, anthropic: bool, body: Value) -> Reply {
         ("/v1/chat/completions", vec![])
     };
     headers.push(("content-type", "application/json"));
+    // The SDKs ask for compressed answers; the gateway asks its upstream for plain ones.
+    headers.push(("accept-encoding", "gzip, br"));
     send(gw.addr, request(Method::POST, path, &headers, body.to_string())).await
 }
 
@@ -182,6 +189,7 @@ async fn pii_in_answers_is_redacted_in_json_and_streams_of_both_dialects() {
                               "messages": [{"role": "user", "content": "contact?"}]});
             let r = chat(&gw, anthropic, body).await;
             assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert!(up.last().headers.get("accept-encoding").is_none());
             let raw = r.text();
             assert!(!raw.contains(EMAIL) && !raw.contains(CARD), "leaked: {raw}");
             assert_eq!(
@@ -265,6 +273,37 @@ async fn a_blocked_kind_in_an_answer_stops_it_before_the_value_goes_out() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn an_answer_compressed_anyway_is_not_passed_on_unchecked() {
+    let script: Script = Arc::new(|_: &str, req: &Value| Scripted {
+        content_type: if req["stream"] == true {
+            SSE
+        } else {
+            "application/json"
+        },
+        encoding: Some("gzip"),
+        pieces: vec![Bytes::from_static(b"\x1f\x8b\x08\x00compressed")],
+    });
+    let up = MockUpstream::start(Behavior {
+        script: Some(script),
+        ..Default::default()
+    })
+    .await;
+    let pii = "[pii]\nresponse = { email = \"redact\" }\n";
+    let gw = TestGateway::start(&format!("{}{pii}", config(up.addr, "", ""))).await;
+    for stream in [false, true] {
+        let r = chat(
+            &gw,
+            false,
+            json!({"model": "gpt-4o", "stream": stream, "messages": []}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(r.json()["error"]["code"], "answer_unscanned");
+    }
+    gw.stop().await;
+}
+
 /// A policy that allows everything and sets these obligations.
 fn policy_config(up: std::net::SocketAddr, obligations: &str, extra: &str) -> (tempfile::TempDir, String) {
     let pol = tempfile::tempdir().unwrap();
@@ -322,7 +361,11 @@ fn tool_script() -> Script {
                 json!({"type": "message_stop"}),
             ])),
         };
-        (if stream { SSE } else { "application/json" }, pieces)
+        Scripted {
+            content_type: if stream { SSE } else { "application/json" },
+            encoding: None,
+            pieces,
+        }
     })
 }
 
