@@ -38,8 +38,8 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/health"
 
 # The quickstart's $100 team budget would run out within a run at c=1: raised.
-sed 's/^usd = 100.0/usd = 1000000000.0/' deploy/quickstart.toml >"$OUT/none.toml"
-grep -q '^usd = 1000000000.0' "$OUT/none.toml" || { echo "the quickstart's budget line changed" >&2; exit 1; }
+sed 's/^usd = 100.0/usd = 1000000.0/' deploy/quickstart.toml >"$OUT/none.toml"
+grep -q '^usd = 1000000.0' "$OUT/none.toml" || { echo "the quickstart's budget line changed" >&2; exit 1; }
 cp "$OUT/none.toml" "$OUT/pii.toml"
 printf '\n[pii]\nrequest = { default = "redact" }\nresponse = { default = "redact" }\n' >>"$OUT/pii.toml"
 

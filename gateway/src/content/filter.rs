@@ -67,7 +67,7 @@ pub struct Rules {
 }
 
 /// A path into an event's JSON.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
     Key(String),
     At(usize),
@@ -125,12 +125,12 @@ fn is_tool_block(ty: Option<&str>) -> bool {
 
 impl Filter {
     pub fn new(dialect: Dialect, rules: Rules) -> Filter {
-        let live = rules.pii.as_ref().map(|(p, _)| p.scanner().liveness());
         Filter {
             dialect,
             rules,
             tally: Tally::default(),
-            live,
+            // Taken when a stream first has text to check (a JSON answer never needs it).
+            live: None,
             channels: BTreeMap::new(),
             buf: BytesMut::new(),
             report: Report::default(),
@@ -411,7 +411,10 @@ impl Filter {
                 }
             }
         }
-        if self.rules.pii.is_some() {
+        if let Some((pii, _)) = &self.rules.pii {
+            if self.live.is_none() {
+                self.live = Some(pii.scanner().liveness());
+            }
             // A channel this event ends takes the rest of its text in this event when the event
             // carries some; otherwise its held text goes out first, in an event of its own.
             let ends = self.ends(&v);
@@ -448,7 +451,16 @@ impl Filter {
                 if last {
                     self.channels.remove(&key);
                 } else if ch.holds() {
-                    ch.template = Some((name.clone(), template(&v, &path), reduced_path(&path)));
+                    // The channel's events share a shape: built again only when it changes (a
+                    // block's start event, then its deltas).
+                    let reduced = reduced_path(&path);
+                    if ch
+                        .template
+                        .as_ref()
+                        .is_none_or(|(n, _, p)| *n != name || *p != reduced)
+                    {
+                        ch.template = Some((name.clone(), template(&v, &path), reduced));
+                    }
                 }
             }
             for prefix in ends {
@@ -646,6 +658,14 @@ impl Filter {
                 }
                 ToolStep::Keep
             }
+        }
+    }
+}
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        if let (Some(live), Some((pii, _))) = (self.live.take(), &self.rules.pii) {
+            pii.scanner().recycle(live);
         }
     }
 }

@@ -138,8 +138,14 @@ pub struct Scanner {
     /// anchored from a position, it says whether a match could start there and still be in
     /// progress at the end of the text seen so far (see [`Scanner::live_from`]).
     live: DFA,
+    /// Warm liveness caches of finished streams, for the next ones.
+    spare: std::sync::Mutex<Vec<LiveCache>>,
     detectors: Vec<Detector>,
 }
+
+/// Liveness caches kept warm between streams (each at most [`LIVE_CACHE`] bytes).
+const SPARE_CACHES: usize = 8;
+const LIVE_CACHE: usize = 1024 * 1024;
 
 /// Scratch space for [`Scanner::live_from`]; one per stream.
 pub struct Liveness(LiveCache);
@@ -158,15 +164,32 @@ impl Scanner {
                     .match_kind(MatchKind::All)
                     // A custom pattern's Unicode `\b` makes the DFA give up on non-ASCII text,
                     // which `live_from` treats as "maybe": held back, never passed unscanned.
-                    .unicode_word_boundary(true),
+                    .unicode_word_boundary(true)
+                    .cache_capacity(LIVE_CACHE),
             )
             .build_many(&patterns)
             .map_err(|e| e.to_string())?;
-        Ok(Scanner { re, live, detectors })
+        Ok(Scanner {
+            re,
+            live,
+            spare: std::sync::Mutex::new(Vec::new()),
+            detectors,
+        })
     }
 
+    /// A liveness cache: a warm one a finished stream gave back, else a new one.
     pub fn liveness(&self) -> Liveness {
-        Liveness(self.live.create_cache())
+        let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
+        Liveness(spare.unwrap_or_else(|| self.live.create_cache()))
+    }
+
+    /// Keeps a stream's liveness cache for the next stream.
+    pub fn recycle(&self, l: Liveness) {
+        if let Ok(mut s) = self.spare.lock()
+            && s.len() < SPARE_CACHES
+        {
+            s.push(l.0);
+        }
     }
 
     /// Could a match that starts at `start` still be in progress at the end of `text`? `false`
