@@ -133,6 +133,8 @@ pub enum Outcome {
     UpstreamFailed,
     /// The gateway ended a stream that passed the output its reservation covered.
     Cut,
+    /// A content rule stopped the answer (an error event ended the stream).
+    Stopped,
 }
 
 /// The per-call access record; logged once, on drop.
@@ -178,6 +180,7 @@ impl Outcome {
             Outcome::ClientClosed => "client_closed",
             Outcome::UpstreamFailed => "upstream_failed",
             Outcome::Cut => "cut",
+            Outcome::Stopped => "stopped",
         }
     }
 }
@@ -387,6 +390,7 @@ impl Body for ResponseBody {
                         if log.filter.as_ref().is_some_and(|f| f.stopped()) {
                             // The filter ended the answer with an error event: nothing follows.
                             this.payload = Payload::Full(None);
+                            log.outcome = Outcome::Stopped;
                             break Some(Ok(Frame::data(d)));
                         }
                         if !d.is_empty() {

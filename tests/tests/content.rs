@@ -270,6 +270,25 @@ async fn a_blocked_kind_in_an_answer_stops_it_before_the_value_goes_out() {
             assert_eq!(last["error"]["code"], "pii_blocked");
         }
     }
+    // Each stopped answer says so in its end record: JSON refused by the pii gate, streams
+    // stopped.
+    let ends = end_records(&gw, 4).await;
+    assert!(
+        ends.iter().all(|e| e["content"]["stopped"] == "pii_blocked"),
+        "{ends:?}"
+    );
+    let outcomes: Vec<&str> = ends.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "stopped").count(),
+        2,
+        "{outcomes:?}"
+    );
+    assert!(
+        ends.iter()
+            .filter(|e| e["status"] == 403)
+            .all(|e| e["reason"] == "pii"),
+        "{ends:?}"
+    );
     gw.stop().await;
 }
 
