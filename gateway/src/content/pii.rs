@@ -103,8 +103,12 @@ pub fn builtins() -> Vec<Detector> {
         builtin("ssn", r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", Validator::Ssn),
         builtin(
             "ipv6",
-            // Any run of hex groups and colons; the validator parses it.
-            r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}\b",
+            // Eight groups, or a `::` with groups after it (the validator parses it): a time
+            // such as 10:35:00 is never a candidate, which made prose with times 1.5x slower.
+            concat!(
+                r"(?i)(?:(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}",
+                r"|(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})?::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,6})\b",
+            ),
             Validator::Ipv6,
         ),
         builtin("ipv4", r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b", Validator::Ipv4),
