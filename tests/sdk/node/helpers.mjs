@@ -9,7 +9,7 @@
 //
 // The binary comes from $LATTICE_BIN (default <repo>/target/debug/lattice).
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { accessSync, constants, createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -162,6 +162,46 @@ export function startLattice(name, configPath, workdir) {
     child.on('error', (err) => fail(`could not be started: ${err.message}`));
     child.on('exit', () => fail('exited before it was listening'));
   });
+}
+
+/**
+ * The config of a governed lattice: API keys in `data`, the policy bundle in `policies`, every
+ * model on the built-in mock; `extra` (TOML tables) goes before `[server]`.
+ */
+export const governedConfig = (data, policies, extra = '') => `data_dir = ${JSON.stringify(data)}
+
+[identity]
+methods = ["api_key"]
+
+[authorization]
+policy_dir = ${JSON.stringify(policies)}
+${extra}
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.mock]
+kind = "mock"
+
+[[routes]]
+model = "*"
+upstream = "mock"
+`;
+
+/** Runs `lattice keys ARGS --data-dir DATA`; returns its stdout. */
+export const latticeKeys = (data, ...args) =>
+  execFileSync(LATTICE_BIN, ['keys', ...args, '--data-dir', data], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 30_000,
+  });
+
+/** Issues a key; returns { id, secret } (the secret is alone on the last line of stdout). */
+export function createKey(data, team, user) {
+  const out = latticeKeys(data, 'create', '--team', team, '--user', user);
+  const secret = out.trim().split('\n').at(-1).trim();
+  const id = /^id:\s*(\S+)/m.exec(out)?.[1];
+  if (!secret || !id) throw new Error(`unexpected \`lattice keys create\` output:\n${out}`);
+  return { id, secret };
 }
 
 export function stopProcess(proc) {

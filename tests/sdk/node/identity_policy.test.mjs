@@ -4,7 +4,6 @@
 //
 // Its own lattice process: API keys from `lattice keys create`, a copy of the shipped policy
 // bundle (policies/), every model on the built-in mock provider.
-import { execFileSync } from 'node:child_process';
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -13,42 +12,15 @@ import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 
-import { LATTICE_BIN, MOCK_PREFIX, REPO_ROOT, startLattice, stopProcess } from './helpers.mjs';
-
-const config = (data, policies) => `data_dir = ${JSON.stringify(data)}
-
-[identity]
-methods = ["api_key"]
-
-[authorization]
-policy_dir = ${JSON.stringify(policies)}
-
-[server]
-listen = "127.0.0.1:0"
-
-[upstreams.mock]
-kind = "mock"
-
-[[routes]]
-model = "*"
-upstream = "mock"
-`;
-
-const keys = (data, ...args) =>
-  execFileSync(LATTICE_BIN, ['keys', ...args, '--data-dir', data], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'pipe'],
-    timeout: 30_000,
-  });
-
-/** Issues a key; returns { id, secret } (the secret is alone on the last line of stdout). */
-function createKey(data, team, user) {
-  const out = keys(data, 'create', '--team', team, '--user', user);
-  const secret = out.trim().split('\n').at(-1).trim();
-  const id = /^id:\s*(\S+)/m.exec(out)?.[1];
-  assert.ok(secret && id, `unexpected \`lattice keys create\` output:\n${out}`);
-  return { id, secret };
-}
+import {
+  MOCK_PREFIX,
+  REPO_ROOT,
+  createKey,
+  governedConfig as config,
+  latticeKeys,
+  startLattice,
+  stopProcess,
+} from './helpers.mjs';
 
 // A key of the right shape that the gateway never issued.
 const UNKNOWN_KEY = `lk_000000000000_${'0'.repeat(64)}`;
@@ -113,7 +85,7 @@ describe('identity and policy denials (node SDKs)', () => {
     k.research = createKey(data, 'research', 'ana');
     k.support = createKey(data, 'support', 'bo');
     k.revoked = createKey(data, 'research', 'rex');
-    keys(data, 'revoke', k.revoked.id);
+    latticeKeys(data, 'revoke', k.revoked.id);
     const cfg = path.join(work, 'governed.toml');
     writeFileSync(cfg, config(data, policies));
     gateway = await startLattice('governed', cfg, work);
