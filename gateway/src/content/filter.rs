@@ -1067,6 +1067,66 @@ mod tests {
     }
 
     #[test]
+    fn text_in_the_event_that_ends_its_channel_is_checked_with_what_was_held() {
+        // Some servers put the last text and the finish reason in one chunk.
+        let chunk = |content: &str, finish: Value| {
+            let v = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]});
+            format!("data: {v}\n\n")
+        };
+        let text = "write to ana@example.com";
+        for (cut, _) in text.char_indices().skip(1) {
+            let (a, b) = text.split_at(cut);
+            let input = format!(
+                "{}{}data: [DONE]\n\n",
+                chunk(a, Value::Null),
+                chunk(b, json!("stop"))
+            );
+            let events = run(&mut pii_filter(Dialect::OpenAi), &[input.as_bytes()]);
+            assert_eq!(
+                text_of(Dialect::OpenAi, &events),
+                "write to [EMAIL_1]",
+                "split at {cut}"
+            );
+            let last = events.iter().rev().find(|(_, v)| v.is_object()).unwrap();
+            assert_eq!(last.1["choices"][0]["finish_reason"], "stop", "{events:?}");
+        }
+    }
+
+    #[test]
+    fn tool_arguments_are_a_channel_of_their_own() {
+        // A secret split across two `partial_json` deltas of an Anthropic tool_use block.
+        let mut out = Vec::new();
+        let mut push =
+            |name: &str, v: Value| out.extend_from_slice(format!("event: {name}\ndata: {v}\n\n").as_bytes());
+        push(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "deploy", "input": {}}}),
+        );
+        for piece in [
+            "{\"token\": \"sk-proj-abcdefghij",
+            "klmnopqrstuvwxyz0123456789ABCD\"}",
+        ] {
+            push(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            );
+        }
+        push(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        );
+        let events = run(&mut pii_filter(Dialect::Anthropic), &[&out]);
+        let json: String = events
+            .iter()
+            .filter_map(|(_, v)| v.pointer("/delta/partial_json").and_then(Value::as_str))
+            .collect();
+        assert_eq!(json, "{\"token\": \"[SECRET_1]\"}");
+        // The held piece went out before the block's stop, in a delta of the same block.
+        assert_eq!(events.last().unwrap().1["type"], "content_block_stop");
+    }
+
+    #[test]
     fn prose_is_held_back_by_at_most_a_word() {
         let mut f = pii_filter(Dialect::OpenAi);
         let first = f.feed(&openai_stream(&["Hello there, how are you doing tod"])[..]);
