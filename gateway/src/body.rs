@@ -351,20 +351,8 @@ impl Body for ResponseBody {
         let frame = loop {
             let polled = match &mut this.payload {
                 Payload::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-                Payload::Scanned(b) => {
-                    let b = b.take();
-                    // One frame: nothing follows it.
-                    this.ended = true;
-                    return Poll::Ready(b.map(|b| {
-                        if let Some(log) = this.log.as_mut() {
-                            log.bytes += b.len() as u64;
-                            if let Some(h) = log.response_hash.as_mut() {
-                                sha2::Digest::update(h, &b);
-                            }
-                        }
-                        Ok(Frame::data(b))
-                    }));
-                }
+                // Already metered and filtered: it skips the stages below.
+                Payload::Scanned(b) => break b.take().map(|b| Ok(Frame::data(b))),
                 Payload::Passthrough(b) => Pin::new(b)
                     .poll_frame(cx)
                     .map(|o| o.map(|r| r.map_err(Into::into))),

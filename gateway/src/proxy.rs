@@ -37,7 +37,7 @@ pub struct State {
     /// The PII engine (response rules run it too).
     pii: Option<Arc<crate::content::Pii>>,
     /// `[pii] response`: the configured actions on answers.
-    pii_response: crate::content::Actions,
+    pii_response: Arc<crate::content::Actions>,
     tools: crate::content::tools::ToolsConfig,
     pipeline: Pipeline,
     policy: Option<Arc<PolicyStore>>,
@@ -136,7 +136,7 @@ impl State {
             )?,
             router,
             pii,
-            pii_response: config.pii.response.clone(),
+            pii_response: Arc::new(config.pii.response.clone()),
             tools: config.tools,
             policy,
             jwks,
@@ -1117,8 +1117,9 @@ fn response_filter(
     call: &mut Call<'_>,
     dialect: Dialect,
 ) -> Option<Box<crate::content::filter::Filter>> {
+    // The config's actions are shared; a policy's rules make a merged copy for this call.
     let actions = match &call.pii_response {
-        Some(o) => state.pii_response.with(o),
+        Some(o) => Arc::new(state.pii_response.with(o)),
         None => state.pii_response.clone(),
     };
     let pii = state
@@ -1145,13 +1146,10 @@ fn scanned_answer(
     if let Some(m) = log.meter() {
         m.feed(whole.clone());
     }
-    let Some(filter) = log.filter.as_mut() else {
-        return Response::from_parts(parts, ResponseBody::scanned(whole).with_log(log));
-    };
-    let body = match filter.json(&whole) {
-        Ok(None) => whole,
-        Ok(Some(b)) => b,
-        Err(stopped) => {
+    let body = match log.filter.as_mut().map(|f| f.json(&whole)) {
+        None | Some(Ok(None)) => whole,
+        Some(Ok(Some(b))) => b,
+        Some(Err(stopped)) => {
             let status = StatusCode::FORBIDDEN;
             log.reason = Some(stopped.gate);
             log.status = status.as_u16();

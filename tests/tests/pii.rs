@@ -163,14 +163,14 @@ async fn a_policy_sets_pii_actions_for_requests_and_answers_and_malformed_ones_f
         config(up.addr, "", "")
     );
     let chat = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"mail ana@example.com"}]}"#;
-    let call = |addr| {
+    let call = |addr, body: String| {
         send(
             addr,
             request(
                 Method::POST,
                 "/v1/chat/completions",
                 &[("content-type", "application/json")],
-                chat,
+                body,
             ),
         )
     };
@@ -178,7 +178,7 @@ async fn a_policy_sets_pii_actions_for_requests_and_answers_and_malformed_ones_f
     // No [pii] in the config: the policy alone asks for e-mail addresses to be blocked.
     write(r#"{"pii": {"request": {"email": "block"}}}"#);
     let gw = TestGateway::start(&cfg).await;
-    let r = call(gw.addr).await;
+    let r = call(gw.addr, chat.to_string()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.json()["error"]["code"], "pii_blocked");
     assert!(up.recorded().is_empty());
@@ -192,16 +192,7 @@ async fn a_policy_sets_pii_actions_for_requests_and_answers_and_malformed_ones_f
         let demo = format!(
             r#"{{"model":"demo","stream":{stream},"messages":[{{"role":"user","content":"mail ana@example.com"}}]}}"#
         );
-        let r = send(
-            gw.addr,
-            request(
-                Method::POST,
-                "/v1/chat/completions",
-                &[("content-type", "application/json")],
-                demo,
-            ),
-        )
-        .await;
+        let r = call(gw.addr, demo).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert!(!r.text().contains("ana@example.com"), "{}", r.text());
         assert!(r.text().contains("[EMAIL_1]"), "{}", r.text());
@@ -211,7 +202,7 @@ async fn a_policy_sets_pii_actions_for_requests_and_answers_and_malformed_ones_f
     // A malformed rule fails closed.
     write(r#"{"pii": {"response": {"email": "shred"}}}"#);
     let gw = TestGateway::start(&cfg).await;
-    let r = call(gw.addr).await;
+    let r = call(gw.addr, chat.to_string()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.json()["error"]["code"], "policy_invalid");
     gw.stop().await;

@@ -62,7 +62,8 @@ pub struct Report {
 
 /// The response-side rules of one call.
 pub struct Rules {
-    pub pii: Option<(Arc<Pii>, Actions)>,
+    /// The engine and the actions on answers (shared: most calls use the config's as they are).
+    pub pii: Option<(Arc<Pii>, Arc<Actions>)>,
     pub tools: Option<(Arc<AllowedTools>, Calls)>,
 }
 
@@ -918,7 +919,7 @@ mod tests {
         Filter::new(
             dialect,
             Rules {
-                pii: Some((pii(), redact_all())),
+                pii: Some((pii(), Arc::new(redact_all()))),
                 tools: None,
             },
         )
@@ -1143,10 +1144,10 @@ mod tests {
                 Rules {
                     pii: Some((
                         pii(),
-                        Actions {
+                        Arc::new(Actions {
                             default: None,
                             kinds: [("secret".to_string(), Action::Block)].into(),
-                        },
+                        }),
                     )),
                     tools: None,
                 },
@@ -1320,7 +1321,7 @@ mod tests {
         let mut f = Filter::new(
             Dialect::OpenAi,
             Rules {
-                pii: Some((pii(), redact_all())),
+                pii: Some((pii(), Arc::new(redact_all()))),
                 tools: Some((
                     Arc::new(AllowedTools::from_obligation(&json!([])).unwrap()),
                     Calls::Remove,
