@@ -2,17 +2,17 @@
 //!
 //! - [`record`]: one record's fields, its frame and hash (the format: `audit/FORMAT.md`).
 //! - [`storage`]: file access behind a trait (the disk; a fault-injecting one in tests).
-//! - [`log`]: recovery on open, group commit on one writer thread, signed checkpoints, the
+//! - [`log`]: recovery on open, group commit on one writer thread, seals in every write, the
 //!   per-session index.
-//! - [`checkpoint`]: Ed25519-signed chain heads and the signing key.
+//! - [`seal`]: seals: Ed25519 signatures of the chain head, as records of the chain; the signing key.
 //! - [`verify`]: the offline check behind `lattice audit verify`.
 //!
 //! This crate knows nothing of HTTP or gates: the gateway's audit gate decides what an event
 //! says; the log makes it durable, ordered and tamper-evident.
 
-pub mod checkpoint;
 pub mod log;
 pub mod record;
+pub mod seal;
 pub mod storage;
 pub mod verify;
 

@@ -1,11 +1,12 @@
-//! The live log: recovery on open, one writer thread doing group commit, signed checkpoints,
+//! The live log: recovery on open, one writer thread doing group commit, seals,
 //! and the session index.
 //!
 //! Appenders hand their event to the writer thread and wait for its acknowledgement. The
 //! writer takes every event that is waiting, chains and frames them into one buffer, writes it
 //! with one `write`, and (in `sync = "always"`) makes it durable with one `fdatasync` before it
-//! acknowledges any of them: concurrent appends share one sync. After each sync it signs the new
-//! head into the checkpoint file.
+//! acknowledges any of them: concurrent appends share one sync. Each write ends with a seal, a
+//! record carrying an Ed25519 signature of the head (see [`crate::seal`]), so a record is covered
+//! by a signature from the moment it is on disk.
 //!
 //! A failed write or sync poisons the log: the write may or may not have reached the disk, and
 //! after a failed `fsync` the kernel may have dropped the dirty pages, so retrying on the same
@@ -18,14 +19,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
-use crate::checkpoint::{self, Checkpoint};
-use crate::record::{self, DecodeError, Event, GENESIS, Record};
+use crate::record::{self, Event, GENESIS, Record};
+use crate::seal::{self, Coverage, Seal, Uncovered};
 use crate::storage::{AppendFile, Storage};
 
 /// The first bytes of every segment file.
-pub const MAGIC: &[u8; 8] = b"LTAUDIT1";
+pub const MAGIC: &[u8; 8] = b"LTAUDIT2";
+/// The first bytes of a segment of the first format (signatures in a side file), which this
+/// release does not read.
+pub const MAGIC_V1: &[u8; 8] = b"LTAUDIT1";
 
 /// When appends become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -47,8 +51,10 @@ pub struct Options {
     pub sync_interval: Duration,
     /// A segment is closed and a new one started once it is this large.
     pub segment_bytes: u64,
-    /// Open even when a record inside the signed (synced) part is damaged; it is skipped and
-    /// reported. Without it such a log refuses to open.
+    /// Open even when the sealed part of the log is damaged or not signed by this log's key:
+    /// the damage is skipped and reported, and the gateway's seals from then on vouch only for
+    /// the records it writes itself (a new epoch, see [`crate::seal`]). Without it such a log
+    /// refuses to open.
     pub allow_corruption: bool,
 }
 
@@ -74,6 +80,8 @@ pub enum AuditError {
     /// Damage inside the synced part of the log, found on open.
     #[error("the audit log is corrupt: {0} (start with allow_corruption to skip it)")]
     Corrupt(String),
+    #[error("the audit log cannot be read by this release: {0}")]
+    Unsupported(String),
 }
 
 fn io(e: std::io::Error) -> AuditError {
@@ -92,10 +100,25 @@ pub struct Receipt {
 pub struct RecoveryReport {
     pub records: u64,
     pub segments: usize,
-    /// Bytes cut from the tail (a torn write), kept aside in this file.
+    /// Bytes cut from the tail (a write a crash cut short: whole records past the last seal,
+    /// and a torn frame), kept aside in this file.
     pub torn_tail: Option<(u64, String)>,
-    /// Damaged records skipped (only with `allow_corruption`).
+    /// How many whole records that cut held (none of them was ever acknowledged).
+    pub unsealed_records: u64,
+    /// Damage skipped (only with `allow_corruption`).
     pub skipped: Vec<String>,
+    /// The first record the gateway's seals vouch for from now on: 1, or where a new epoch
+    /// starts after damage was skipped.
+    pub base: u64,
+}
+
+/// The sequence number in a segment's file name.
+pub fn segment_first_seq(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 pub fn segment_name(first_seq: u64) -> String {
@@ -169,6 +192,8 @@ struct Shared {
     index: RwLock<Index>,
     failed: Mutex<Option<String>>,
     poisoned: AtomicBool,
+    /// The latest durable seal: what `lattice audit head` and the witness read.
+    head: tokio::sync::watch::Sender<Option<Seal>>,
 }
 
 struct Request {
@@ -176,7 +201,8 @@ struct Request {
     /// `None`: nobody waits (a lazy append).
     ack: Option<tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>>,
     /// Must be synced before it is acknowledged (in `sync = "always"`). A lazy record is
-    /// written at once and synced with the next durable one, or within `sync_interval`.
+    /// written (and sealed) at once and synced with the next durable one, or within
+    /// `sync_interval`.
     durable: bool,
 }
 
@@ -200,8 +226,8 @@ pub struct AuditLog {
 impl AuditLog {
     /// Recovers the log in `storage` and starts its writer.
     pub fn open(storage: Arc<dyn Storage>, options: Options) -> Result<AuditLog, AuditError> {
-        let key = checkpoint::load_or_create_key(&*storage).map_err(io)?;
-        let recovered = recover(&*storage, &key, &options)?;
+        let key = seal::load_or_create_key(&*storage).map_err(io)?;
+        let recovered = recover(&*storage, &key.verifying_key(), &options)?;
         let file = match recovered.index.segments.last() {
             Some(name) => storage.open_append(name).map_err(io)?,
             None => {
@@ -218,20 +244,13 @@ impl AuditLog {
             index.segments.push(segment_name(recovered.next_seq));
         }
         let segment_len = recovered.last_segment_len.max(MAGIC.len() as u64);
-        let checkpoints = match storage.open_append(checkpoint::FILE) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let f = storage.create(checkpoint::FILE).map_err(io)?;
-                storage.sync_dir().map_err(io)?;
-                f
-            }
-            Err(e) => return Err(io(e)),
-        };
+        let (head, _) = tokio::sync::watch::channel(recovered.seal);
         let shared = Arc::new(Shared {
             storage: storage.clone(),
             index: RwLock::new(index),
             failed: Mutex::new(None),
             poisoned: AtomicBool::new(false),
+            head,
         });
         let (tx, rx) = mpsc::channel();
         let verifying_key = key.verifying_key();
@@ -242,11 +261,10 @@ impl AuditLog {
             segment_len,
             next_seq: recovered.next_seq,
             head: recovered.head,
+            base: recovered.report.base,
             key,
-            checkpoints,
-            unsynced: false,
+            unsynced: None,
             last_sync: Instant::now(),
-            last_checkpoint_sync: Instant::now(),
             buf: Vec::with_capacity(64 << 10),
         };
         let handle = std::thread::Builder::new()
@@ -271,6 +289,17 @@ impl AuditLog {
         &self.verifying_key
     }
 
+    /// The latest seal that is durable (as `sync` defines it); `None` for an empty log.
+    pub fn head(&self) -> Option<Seal> {
+        *self.shared.head.borrow()
+    }
+
+    /// Follows [`AuditLog::head`]: changes whenever a newer seal is durable. Readers that fall
+    /// behind see only the latest (each head extends the one before).
+    pub fn heads(&self) -> tokio::sync::watch::Receiver<Option<Seal>> {
+        self.shared.head.subscribe()
+    }
+
     /// Why the log stopped taking appends, if it did.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().ok().and_then(|f| f.clone())
@@ -290,9 +319,10 @@ impl AuditLog {
         }
     }
 
-    /// Appends `event` without waiting and without asking for its own sync: it is written at
-    /// once and becomes durable with the next durable append, or within `sync_interval`. For
-    /// records whose loss in a crash costs detail, not truth (a call's end, after its decision).
+    /// Appends `event` without waiting and without asking for its own sync: it is written (and
+    /// sealed) at once and becomes durable with the next durable append, or within
+    /// `sync_interval`. For records whose loss in a crash costs detail, not truth (a call's end,
+    /// after its decision).
     pub fn append_lazy(&self, event: Event) -> Result<(), AuditError> {
         self.send(event, None, false)
     }
@@ -312,6 +342,13 @@ impl AuditLog {
         durable: bool,
     ) -> Result<(), AuditError> {
         event.validate().map_err(|e| AuditError::Invalid(e.to_string()))?;
+        if event.kind.starts_with(seal::RESERVED_PREFIX) {
+            return Err(AuditError::Invalid(format!(
+                "event kind {:?}: kinds starting with {:?} are written by the log itself",
+                event.kind,
+                seal::RESERVED_PREFIX
+            )));
+        }
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(AuditError::Unavailable(self.failure().unwrap_or_default()));
         }
@@ -395,11 +432,12 @@ struct Writer {
     segment_len: u64,
     next_seq: u64,
     head: [u8; 32],
+    /// The first record this writer's seals vouch for.
+    base: u64,
     key: SigningKey,
-    checkpoints: Box<dyn AppendFile>,
-    unsynced: bool,
+    /// The last seal written but not yet synced (batch mode, or lazy records).
+    unsynced: Option<Seal>,
     last_sync: Instant,
-    last_checkpoint_sync: Instant,
     buf: Vec<u8>,
 }
 
@@ -410,8 +448,8 @@ impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(256);
         loop {
-            let first = if self.unsynced {
-                // Batch mode: wake up to sync what is written.
+            let first = if self.unsynced.is_some() && self.options.sync != SyncMode::None {
+                // Wake up to sync what is written.
                 let wait = self
                     .options
                     .sync_interval
@@ -436,11 +474,13 @@ impl Writer {
             }
             self.commit(&mut batch);
         }
-        // Closing: make everything written durable and sign the head.
-        if self.unsynced && !self.shared.poisoned.load(Ordering::Acquire) {
-            let _ = self.sync_and_checkpoint();
+        // Closing: make everything written durable.
+        if self.unsynced.is_some()
+            && !self.shared.poisoned.load(Ordering::Acquire)
+            && let Err(e) = self.sync()
+        {
+            self.poison(e);
         }
-        let _ = self.checkpoints.sync();
     }
 
     fn poison(&self, why: String) {
@@ -466,8 +506,8 @@ impl Writer {
             return;
         }
         if batch.is_empty() {
-            // A batch-mode timer tick.
-            if let Err(e) = self.sync_and_checkpoint() {
+            // The sync timer.
+            if let Err(e) = self.sync() {
                 self.poison(e);
             }
             return;
@@ -480,32 +520,41 @@ impl Writer {
         }
         self.buf.clear();
         let mut placed = Vec::with_capacity(batch.len());
+        let (mut seq, mut head) = (self.next_seq, self.head);
         for r in batch.iter() {
             let start = self.buf.len();
-            let seq = self.next_seq;
-            self.head = record::encode(&mut self.buf, seq, now_ns(), &r.event, &self.head);
-            self.next_seq += 1;
-            placed.push((seq, self.head, start, self.buf.len() - start));
+            head = record::encode(&mut self.buf, seq, now_ns(), &r.event, &head);
+            placed.push((seq, head, start, self.buf.len() - start));
+            seq += 1;
         }
+        // The seal goes in the same write: no record is on disk without its signature.
+        let time = now_ns();
+        let sealed = Seal::sign(&self.key, self.base, seq, time, head);
+        head = record::encode(&mut self.buf, seq, time, &sealed.event(), &head);
+        seq += 1;
         let written = self.file.append(&self.buf).map_err(|e| format!("write: {e}"));
+        if let Err(e) = written {
+            // What reached the disk is unknown: poison, and acknowledge nothing.
+            self.poison(e.clone());
+            for mut r in batch.drain(..) {
+                r.answer(Err(AuditError::Unavailable(e.clone())));
+            }
+            return;
+        }
+        (self.next_seq, self.head) = (seq, head);
+        self.unsynced = Some(sealed);
         let wants_sync = batch.iter().any(|r| r.durable);
-        let durable = written.and_then(|()| match self.options.sync {
-            SyncMode::Always if wants_sync => self.sync_and_checkpoint(),
+        let durable = match self.options.sync {
+            SyncMode::Always if wants_sync => self.sync(),
             // Only lazy records: synced with the next durable one, or on the interval timer.
-            SyncMode::Always => {
-                self.unsynced = true;
+            SyncMode::Always => Ok(()),
+            SyncMode::Batch if self.last_sync.elapsed() >= self.options.sync_interval => self.sync(),
+            SyncMode::Batch => Ok(()),
+            SyncMode::None => {
+                self.published();
                 Ok(())
             }
-            SyncMode::Batch => {
-                self.unsynced = true;
-                if self.last_sync.elapsed() >= self.options.sync_interval {
-                    self.sync_and_checkpoint()
-                } else {
-                    Ok(())
-                }
-            }
-            SyncMode::None => Ok(()),
-        });
+        };
         if let Err(e) = durable {
             self.poison(e.clone());
             for mut r in batch.drain(..) {
@@ -532,30 +581,26 @@ impl Writer {
         }
     }
 
-    fn sync_and_checkpoint(&mut self) -> Result<(), String> {
-        self.file.sync().map_err(|e| format!("fdatasync: {e}"))?;
-        self.unsynced = false;
-        self.last_sync = Instant::now();
-        if self.next_seq > 1 {
-            // Sign only what is durable: the head just synced.
-            let c = Checkpoint::sign(&self.key, self.next_seq - 1, now_ns(), self.head);
-            self.checkpoints
-                .append(&c.encode())
-                .map_err(|e| format!("checkpoint write: {e}"))?;
-            // The checkpoint file may lag the log (a lost checkpoint only weakens tail
-            // detection for that moment); it is synced at most once a second.
-            if self.last_checkpoint_sync.elapsed() >= Duration::from_secs(1) {
-                self.checkpoints
-                    .sync()
-                    .map_err(|e| format!("checkpoint sync: {e}"))?;
-                self.last_checkpoint_sync = Instant::now();
-            }
+    /// Makes what is written durable, and publishes its seal.
+    fn sync(&mut self) -> Result<(), String> {
+        if self.unsynced.is_none() {
+            return Ok(());
         }
+        self.file.sync().map_err(|e| format!("fdatasync: {e}"))?;
+        self.last_sync = Instant::now();
+        self.published();
         Ok(())
     }
 
+    fn published(&mut self) {
+        if let Some(s) = self.unsynced.take() {
+            self.shared.head.send_replace(Some(s));
+        }
+    }
+
     fn rotate(&mut self) -> Result<(), String> {
-        self.sync_and_checkpoint()?;
+        // The segment ends with a seal (every write does); make it durable before the next.
+        self.sync()?;
         let name = segment_name(self.next_seq);
         let mut f = self
             .shared
@@ -581,42 +626,62 @@ struct Recovered {
     index: Index,
     next_seq: u64,
     head: [u8; 32],
+    seal: Option<Seal>,
     last_segment_len: u64,
     report: RecoveryReport,
 }
 
-/// Reads the log back: the checkpoints, then every segment in order, rebuilding the session
-/// index. A torn tail is cut (the bytes kept aside); damage inside the signed part refuses to
-/// open unless `allow_corruption`.
-fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result<Recovered, AuditError> {
-    let mut report = RecoveryReport::default();
-    // The highest sequence a valid signed checkpoint vouches for: the synced part.
-    let signed = match storage.read(checkpoint::FILE) {
-        Ok(bytes) => {
-            let (entries, whole) = checkpoint::parse(&bytes);
-            if whole != bytes.len() {
-                storage.truncate(checkpoint::FILE, whole as u64).map_err(io)?;
-            }
-            // Checkpoints only grow, so the last one that verifies is the highest.
-            let key = key.verifying_key();
-            entries
-                .iter()
-                .rev()
-                .filter_map(|c| c.as_ref().ok())
-                .find(|c| c.verify(&key))
-                .map_or(0, |c| c.seq)
+fn describe(u: &Uncovered) -> String {
+    match u {
+        Uncovered::Malformed { seq, why } => format!("record {seq}: {why}"),
+        Uncovered::Base { seq, base, expected } => {
+            format!("the seal at record {seq} vouches from record {base}, not {expected}")
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(io(e)),
+        Uncovered::Gap { from, to } => format!("records {from}..={to} are covered by no seal"),
+        Uncovered::Forged { from, to, seal } => format!(
+            "records {from}..={to} are not what was signed: the seal at record {seal} does not verify under this log's key"
+        ),
+    }
+}
+
+/// Reads the log back: every segment in order, rebuilding the session index, following the
+/// seals. Records past the last seal at the end are a write a crash cut short (nothing in it
+/// was acknowledged): they are cut and kept aside. Damage anywhere before, or seals that do not
+/// verify, refuse to open unless `allow_corruption`, which skips the damage and starts a new
+/// epoch, so no new seal vouches for it.
+fn recover(storage: &dyn Storage, key: &VerifyingKey, options: &Options) -> Result<Recovered, AuditError> {
+    let mut report = RecoveryReport {
+        base: 1,
+        ..RecoveryReport::default()
+    };
+    let mut damaged = false;
+    let mut corrupt = |what: String, report: &mut RecoveryReport| -> Result<(), AuditError> {
+        if !options.allow_corruption {
+            return Err(AuditError::Corrupt(what));
+        }
+        tracing::error!(damage = %what, "audit log: damage skipped; new seals will not vouch for it");
+        report.skipped.push(what);
+        damaged = true;
+        Ok(())
     };
     let names = segment_names(storage).map_err(io)?;
+    let mut coverage = Coverage::new(key);
     let mut index = Index::default();
     let mut next_seq = 1;
     let mut head = GENESIS;
     let mut last_segment_len = 0;
+    // Records read but not yet covered by a seal, and where the last seal ended: (segment,
+    // offset, the next sequence and the head there).
+    let mut pending: Vec<(Event, Loc)> = Vec::new();
+    let mut sealed = (0usize, 0usize, 1u64, GENESIS);
     for (i, name) in names.iter().enumerate() {
         let last = i + 1 == names.len();
         let bytes = storage.read(name).map_err(io)?;
+        if bytes.len() >= MAGIC.len() && &bytes[..MAGIC.len()] == MAGIC_V1 {
+            return Err(AuditError::Unsupported(format!(
+                "{name} is in the first audit format (signatures in a side file), which this release does not read: move the audit directory aside (verify it with the release that wrote it) and start again"
+            )));
+        }
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             if last && bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
                 // Created, but its magic never made it: an empty last segment.
@@ -626,31 +691,56 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
                 f.sync().map_err(io)?;
                 index.segments.push(name.clone());
                 last_segment_len = MAGIC.len() as u64;
+                sealed = (i, MAGIC.len(), next_seq, head);
                 continue;
             }
-            return Err(AuditError::Corrupt(format!("{name}: not an audit segment")));
+            corrupt(format!("{name}: not an audit segment"), &mut report)?;
+            continue;
+        }
+        let named = segment_first_seq(name);
+        if named != Some(next_seq) {
+            // The name must be where the chain is: a renamed segment reorders the log.
+            corrupt(
+                format!(
+                    "{name}: its name says it starts at record {named:?}, the chain is at record {next_seq}"
+                ),
+                &mut report,
+            )?;
         }
         let segment = index.segments.len() as u32;
         index.segments.push(name.clone());
         let mut pos = MAGIC.len();
+        if last {
+            sealed = (i, pos, next_seq, head);
+        }
         while pos < bytes.len() {
             let decoded = record::decode(&bytes[pos..]);
-            let damage = match &decoded {
-                Ok((r, n)) if r.seq == next_seq && r.prev == head => {
-                    let (r, n) = (r, *n);
-                    let loc = Loc {
-                        seq: r.seq,
-                        segment,
-                        offset: pos as u64,
-                        len: n as u32,
-                    };
-                    index.add(&r.event, loc);
-                    head = r.hash;
-                    next_seq += 1;
-                    report.records += 1;
-                    pos += n;
-                    continue;
+            let follows = matches!(&decoded, Ok((r, _)) if r.seq == next_seq && r.prev == head);
+            if follows && let Ok((r, n)) = decoded {
+                let loc = Loc {
+                    seq: r.seq,
+                    segment,
+                    offset: pos as u64,
+                    len: n as u32,
+                };
+                head = r.hash;
+                next_seq += 1;
+                report.records += 1;
+                pos += n;
+                if let Err(u) = coverage.record(&r) {
+                    corrupt(format!("{name}: {}", describe(&u)), &mut report)?;
                 }
+                if Seal::of(&r).is_some() {
+                    for (e, l) in pending.drain(..) {
+                        index.add(&e, l);
+                    }
+                    sealed = (i, pos, next_seq, head);
+                } else {
+                    pending.push((r.event, loc));
+                }
+                continue;
+            }
+            let damage = match &decoded {
                 Ok((r, _)) => format!(
                     "record {} does not follow record {} in the chain",
                     r.seq,
@@ -658,23 +748,12 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
                 ),
                 Err(e) => e.to_string(),
             };
-            let torn = matches!(decoded, Err(DecodeError::Incomplete { .. }));
-            if last && (torn || next_seq > signed) {
-                // Past the synced part, at the end: a write the crash cut short. Keep it aside.
-                let cut = &bytes[pos..];
-                let aside = format!("torn-{next_seq:020}-{}.bin", now_ns());
-                storage.write_new(&aside, cut).map_err(io)?;
-                storage.truncate(name, pos as u64).map_err(io)?;
-                tracing::warn!(segment = %name, offset = pos, bytes = cut.len(), kept = %aside, reason = %damage, "audit log: torn tail cut");
-                report.torn_tail = Some((cut.len() as u64, aside));
+            if last && !seal_follows(&bytes[pos..]) {
+                // Past the last seal, at the end: a write the crash cut short.
                 break;
             }
             let what = format!("{name} at byte {pos} (after record {}): {damage}", next_seq - 1);
-            if !options.allow_corruption {
-                return Err(AuditError::Corrupt(what));
-            }
-            tracing::error!(damage = %what, "audit log: damaged record skipped");
-            report.skipped.push(what);
+            corrupt(what, &mut report)?;
             // Skip the frame when its length can be trusted, else the rest of the segment.
             match record::frame_len(&bytes[pos..]) {
                 Ok(n) => {
@@ -688,16 +767,82 @@ fn recover(storage: &dyn Storage, key: &SigningKey, options: &Options) -> Result
                 Err(_) => break,
             }
         }
+        if !last && !pending.is_empty() {
+            // Every write ends with its seal and a segment ends with a write.
+            corrupt(
+                format!(
+                    "{name}: records {}..={} at its end are covered by no seal",
+                    pending[0].1.seq,
+                    next_seq - 1
+                ),
+                &mut report,
+            )?;
+            for (e, l) in pending.drain(..) {
+                index.add(&e, l);
+            }
+        }
         if last {
             last_segment_len = bytes.len().min(pos) as u64;
+            // Whatever follows the last seal was never acknowledged: keep it aside.
+            let (seg, at, first, sealed_head) = sealed;
+            if pending.len() > MAX_BATCH {
+                // One write holds at most MAX_BATCH events: a crash cannot leave more unsealed.
+                corrupt(
+                    format!(
+                        "{name}: {} whole records past the last seal, more than one write holds: not a crash's leftover",
+                        pending.len()
+                    ),
+                    &mut report,
+                )?;
+            }
+            if seg == i && at < bytes.len() {
+                let cut = &bytes[at..];
+                let aside = format!("torn-{first:020}-{}.bin", now_ns());
+                storage.write_new(&aside, cut).map_err(io)?;
+                storage.truncate(name, at as u64).map_err(io)?;
+                report.unsealed_records = pending.len() as u64;
+                tracing::warn!(segment = %name, offset = at, bytes = cut.len(), whole_records = pending.len(), kept = %aside,
+                    "audit log: the end of the last write was never sealed (a crash cut it short): set aside");
+                report.torn_tail = Some((cut.len() as u64, aside));
+                report.records -= pending.len() as u64;
+                (next_seq, head) = (first, sealed_head);
+                pending.clear();
+                last_segment_len = at as u64;
+            }
         }
+    }
+    if let Err(u) = coverage.finish(next_seq - 1) {
+        corrupt(describe(&u), &mut report)?;
+    }
+    let seal = coverage.head();
+    if damaged {
+        // Never sign over what could not be verified: seals vouch from the next record on.
+        report.base = next_seq;
+    } else if let Some(s) = seal {
+        report.base = s.base;
     }
     report.segments = index.segments.len();
     Ok(Recovered {
         index,
         next_seq,
         head,
+        seal,
         last_segment_len,
         report,
     })
+}
+
+/// Whether a whole seal record follows somewhere in `bytes` (walking frames by their lengths):
+/// then the damage before it is inside the sealed part, not a torn tail.
+fn seal_follows(bytes: &[u8]) -> bool {
+    let mut pos = 0;
+    while let Ok(n) = record::frame_len(&bytes[pos..]) {
+        if let Ok((r, _)) = record::decode(&bytes[pos..])
+            && Seal::of(&r).is_some()
+        {
+            return true;
+        }
+        pos += n;
+    }
+    false
 }

@@ -1,16 +1,17 @@
 //! `lattice audit verify`: walks the whole log without changing it and says whether it is intact,
 //! or where it first breaks and how.
 //!
-//! Checked, in order of the records: each segment's magic, each frame's length and CRC32C, each
-//! record's own hash, the sequence (one more than the last), the chain (`prev` is the last
-//! record's hash); then every checkpoint: its checksum, its Ed25519 signature, and that the
-//! record it names exists and has the signed hash.
+//! Checked, in order of the records: each segment's magic and that its name is its first
+//! record's sequence, each frame's length and CRC32C, each record's own hash, the sequence (one
+//! more than the last), the chain (`prev` is the last record's hash); the seals: each well
+//! formed, epochs in order, every record covered, the last seal of each epoch signed by the key;
+//! and, given a head kept outside the log (`--since-head`), that the log still holds it.
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::checkpoint;
-use crate::log::{MAGIC, segment_names};
+use crate::log::{MAGIC, MAGIC_V1, segment_first_seq, segment_names};
 use crate::record::{self, DecodeError, GENESIS};
+use crate::seal::{Coverage, Epoch, Seal, Uncovered};
 use crate::storage::Storage;
 
 /// How the log is damaged.
@@ -24,12 +25,17 @@ pub enum Damage {
     Reordered,
     /// A record appears twice.
     Duplicated,
-    /// Records are missing from the end (a checkpoint names a record past the last one), or the
-    /// last record is cut short.
+    /// The last record is cut short.
     Truncated,
-    /// The chain is consistent but does not match what was signed, or a checkpoint's signature
-    /// is not the key's: a rewritten (re-chained) log, or a forged checkpoint.
+    /// A segment's file name is not its first record's sequence.
+    Renamed,
+    /// Records no seal covers: added without the key, or a write a crash cut short (which the
+    /// gateway sets aside on start).
+    Unsealed,
+    /// The chain is consistent but is not what was signed, or a seal is not the key's.
     Forged,
+    /// The log no longer holds a head it once had (`--since-head`): cut back or replaced.
+    RolledBack,
 }
 
 impl Damage {
@@ -40,7 +46,10 @@ impl Damage {
             Damage::Reordered => "reordered",
             Damage::Duplicated => "duplicated",
             Damage::Truncated => "truncated",
+            Damage::Renamed => "renamed",
+            Damage::Unsealed => "unsealed",
             Damage::Forged => "forged",
+            Damage::RolledBack => "rolled back",
         }
     }
 }
@@ -57,20 +66,73 @@ pub struct Finding {
 pub struct Summary {
     pub records: u64,
     pub segments: usize,
-    pub checkpoints: usize,
+    /// Seal records, and the epochs they form (each vouched for by its last seal's signature).
+    pub seals: u64,
+    pub epochs: Vec<Epoch>,
+    /// Fewest and most records one seal added to what is covered.
+    pub per_seal: (u64, u64),
     pub last_seq: u64,
     pub last_hash: [u8; 32],
     /// The first problem found; `None` when the log is intact.
     pub finding: Option<Finding>,
 }
 
-/// Verifies the log in `storage` against `key` (the checkpoint signer's public key).
+impl Summary {
+    /// The last seal: the log's signed head.
+    pub fn head(&self) -> Option<Seal> {
+        self.epochs.last().map(|e| e.last)
+    }
+}
+
+fn uncovered(u: Uncovered) -> Finding {
+    match u {
+        Uncovered::Malformed { seq, why } => Finding {
+            damage: Damage::Forged,
+            seq,
+            detail: format!("record {seq} is not a valid seal: {why}"),
+        },
+        Uncovered::Base { seq, base, expected } => Finding {
+            damage: Damage::Forged,
+            seq,
+            detail: format!(
+                "the seal at record {seq} vouches from record {base}, which an earlier seal already covers (expected {expected} or a new epoch past it)"
+            ),
+        },
+        Uncovered::Gap { from, to } => Finding {
+            damage: Damage::Unsealed,
+            seq: from,
+            detail: format!(
+                "records {from}..={to} are covered by no seal: added without the key, or a write a crash cut short (the gateway sets such a tail aside on start)"
+            ),
+        },
+        Uncovered::Forged { from, to, seal } => Finding {
+            damage: Damage::Forged,
+            seq: from,
+            detail: format!(
+                "records {from}..={to} are not what was signed: the seal at record {seal} does not verify under this key"
+            ),
+        },
+    }
+}
+
+/// Verifies the log in `storage` against `key` (the seal signer's public key).
 pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summary> {
+    verify_since(storage, key, None)
+}
+
+/// [`verify`], and that the log still holds `since`, a signed head kept outside it (a witness's
+/// copy, or `lattice audit head` saved earlier), and extends it.
+pub fn verify_since(
+    storage: &dyn Storage,
+    key: &VerifyingKey,
+    since: Option<&Seal>,
+) -> std::io::Result<Summary> {
     let mut s = Summary::default();
     let names = segment_names(storage)?;
     s.segments = names.len();
-    // Hashes by sequence, to check checkpoints against (32 bytes a record: 200k records, 6 MB).
+    // Hashes by sequence, to check a kept head against (32 bytes a record: 200k records, 6 MB).
     let mut hashes: Vec<[u8; 32]> = Vec::new();
+    let mut coverage = Coverage::new(key);
     let mut expect = 1u64;
     let mut head = GENESIS;
     let found = |s: &mut Summary, damage, seq, detail: String| {
@@ -79,11 +141,25 @@ pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summ
     'segments: for (i, name) in names.iter().enumerate() {
         let bytes = storage.read(name)?;
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            let what = if bytes.starts_with(MAGIC_V1) {
+                "in the first audit format, which this release does not verify"
+            } else {
+                "not an audit segment"
+            };
+            found(&mut s, Damage::Modified, expect, format!("{name}: {what}"));
+            break;
+        }
+        let named = segment_first_seq(name);
+        let empty_last = bytes.len() == MAGIC.len() && i + 1 == names.len();
+        if named != Some(expect) && (bytes.len() > MAGIC.len() || empty_last) {
             found(
                 &mut s,
-                Damage::Modified,
+                Damage::Renamed,
                 expect,
-                format!("{name}: not an audit segment"),
+                format!(
+                    "{name}: named for record {}, but the chain is at record {expect} there",
+                    named.map_or("?".into(), |n| n.to_string())
+                ),
             );
             break;
         }
@@ -113,8 +189,6 @@ pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summ
                                 format!("record {} comes after record {}", r.seq, expect - 1),
                             )
                         };
-                        // A gap whose next record still links to the last one is a rewrite,
-                        // not a deletion; either way the first bad sequence is `expect`.
                         found(&mut s, damage, expect.min(r.seq), detail);
                         break 'segments;
                     }
@@ -125,6 +199,10 @@ pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summ
                             r.seq,
                             format!("record {} does not link to record {}", r.seq, expect - 1),
                         );
+                        break 'segments;
+                    }
+                    if let Err(u) = coverage.record(&r) {
+                        s.finding.get_or_insert(uncovered(u));
                         break 'segments;
                     }
                     head = r.hash;
@@ -156,75 +234,52 @@ pub fn verify(storage: &dyn Storage, key: &VerifyingKey) -> std::io::Result<Summ
         }
     }
     s.last_hash = head;
-
-    let bytes = match storage.read(checkpoint::FILE) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
+    if s.finding.is_none()
+        && let Err(u) = coverage.finish(s.last_seq)
+    {
+        s.finding = Some(uncovered(u));
+    }
+    s.seals = coverage.seals;
+    s.per_seal = if coverage.seals == 0 {
+        (0, 0)
+    } else {
+        coverage.per_seal
     };
-    let (entries, _) = checkpoint::parse(&bytes);
-    s.checkpoints = entries.len();
-    // Every checkpoint's hash must match its record; only the last one's signature is checked
-    // (one Ed25519 verification, not one per group commit): it vouches for its record, whose
-    // hash commits to the whole chain before it, and each earlier checkpoint must agree with
-    // that chain. A forged earlier checkpoint can only assert what the chain already says.
-    let mut good_up_to = 0u64;
-    let mut last = None;
-    for entry in &entries {
-        let c = match entry {
-            Ok(c) => c,
-            Err(i) => {
-                found(
-                    &mut s,
-                    Damage::Modified,
-                    good_up_to + 1,
-                    format!("checkpoint {i}: checksum mismatch"),
-                );
-                return Ok(s);
-            }
-        };
-        last = Some(*c);
+    s.epochs = std::mem::take(&mut coverage.epochs);
+    if let Some(h) = since
+        && s.finding.is_none()
+    {
+        let at = h.covers();
         let end = s.last_seq;
-        if c.seq > end && s.finding.is_none() {
+        if !h.verify(key) {
             found(
                 &mut s,
-                Damage::Truncated,
-                end + 1,
-                format!("a checkpoint names record {}, the log ends at {end}", c.seq),
+                Damage::Forged,
+                at,
+                format!("the kept head (record {at}) is not signed by this key"),
             );
-            break;
-        }
-        match hashes.get((c.seq as usize).wrapping_sub(1)) {
-            Some(h) if *h == c.hash => good_up_to = good_up_to.max(c.seq),
-            Some(_) => {
-                found(
+        } else {
+            match hashes.get((at as usize).wrapping_sub(1)) {
+                Some(hash) if *hash == h.head => {}
+                Some(_) => found(
                     &mut s,
-                    Damage::Forged,
-                    good_up_to + 1,
+                    Damage::RolledBack,
+                    at,
                     format!(
-                        "record {} is not the one signed at its checkpoint: records {}..={} were rewritten",
-                        c.seq,
-                        good_up_to + 1,
-                        c.seq
+                        "record {at} is not the one in the kept head: the log was replaced from there on"
                     ),
-                );
-                break;
+                ),
+                None => found(
+                    &mut s,
+                    Damage::RolledBack,
+                    end + 1,
+                    format!(
+                        "the kept head names record {at}, the log ends at record {end}: records {}..={at} were cut off",
+                        end + 1
+                    ),
+                ),
             }
-            // Past a break found above: nothing to compare with.
-            None => {}
         }
-    }
-    if let Some(last) = last
-        && !last.verify(key)
-    {
-        // Name the first checkpoint the key did not sign.
-        let first = entries
-            .iter()
-            .filter_map(|e| e.as_ref().ok())
-            .find(|c| !c.verify(key))
-            .unwrap_or(&last);
-        let detail = format!("the checkpoint of record {} is not signed by this key", first.seq);
-        found(&mut s, Damage::Forged, first.seq, detail);
     }
     Ok(s)
 }

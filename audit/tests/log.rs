@@ -9,11 +9,11 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lattice_audit::checkpoint;
-use lattice_audit::log::{AuditLog, Options, segment_name};
+use lattice_audit::log::{AuditLog, MAGIC, Options, segment_name};
 use lattice_audit::record::{self, Event};
+use lattice_audit::seal;
 use lattice_audit::storage::{AppendFile, DiskStorage, Storage};
-use lattice_audit::verify::{Damage, verify};
+use lattice_audit::verify::{Damage, verify, verify_since};
 
 // ------------------------------------------------------------------------ fault-injecting storage
 
@@ -265,7 +265,7 @@ fn concurrent_appends_share_one_sync() {
     assert!(syncs < 800, "800 appends took {syncs} syncs: no group commit");
     log.close();
     let s = verify(&storage, log.verifying_key()).unwrap();
-    assert_eq!((s.records, s.finding.clone()), (800, None), "{s:?}");
+    assert_eq!((s.records - s.seals, s.finding.clone()), (800, None), "{s:?}");
 }
 
 /// Runs seeded crash loops: appends (acknowledged or still pending) then a power cut, four times
@@ -400,7 +400,8 @@ fn a_torn_tail_is_cut_and_kept_aside() {
     let (cut, aside) = log.recovery().torn_tail.clone().expect("a torn tail");
     assert_eq!(cut as usize, torn.len() / 2);
     assert_eq!(storage.read(&aside).unwrap(), torn[..torn.len() / 2]);
-    assert_eq!(log.append_blocking(event("s", 5)).unwrap().seq, 4);
+    // Three events and their three seals.
+    assert_eq!(log.append_blocking(event("s", 5)).unwrap().seq, 7);
 }
 
 #[test]
@@ -502,10 +503,7 @@ fn disk_log(n: u64) -> (tempfile::TempDir, Vec<u8>, Vec<(usize, usize)>) {
 fn finding_after(dir: &tempfile::TempDir, bytes: &[u8]) -> (Damage, u64) {
     std::fs::write(dir.path().join(segment_name(1)), bytes).unwrap();
     let storage = DiskStorage::open(dir.path()).unwrap();
-    let key = checkpoint::parse_public_key(
-        &std::fs::read_to_string(dir.path().join(checkpoint::PUBKEY_FILE)).unwrap(),
-    )
-    .unwrap();
+    let key = key_of(dir);
     let f = verify(&storage, &key)
         .unwrap()
         .finding
@@ -513,17 +511,53 @@ fn finding_after(dir: &tempfile::TempDir, bytes: &[u8]) -> (Damage, u64) {
     (f.damage, f.seq)
 }
 
+fn key_of(dir: &tempfile::TempDir) -> ed25519_dalek::VerifyingKey {
+    seal::parse_public_key(&std::fs::read_to_string(dir.path().join(seal::PUBKEY_FILE)).unwrap()).unwrap()
+}
+
+/// The records of a segment's bytes.
+fn records_of(bytes: &[u8]) -> Vec<record::Record> {
+    let mut out = Vec::new();
+    let mut pos = 8;
+    while pos < bytes.len() {
+        let (r, n) = record::decode(&bytes[pos..]).unwrap();
+        out.push(r);
+        pos += n;
+    }
+    out
+}
+
+/// What a keyless editor can do: re-encode `records` as a segment, every CRC, hash and link
+/// made right again (sequence numbers and times as given; seals keep their old signatures).
+fn rechained(records: &[record::Record]) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    let mut prev = [0u8; 32];
+    for r in records {
+        prev = record::encode(&mut b, r.seq, r.time_ns, &r.event, &prev);
+    }
+    b
+}
+
+/// Renumbers `records` from 1, as an editor hiding a deletion would.
+fn renumbered(mut records: Vec<record::Record>) -> Vec<record::Record> {
+    for (i, r) in records.iter_mut().enumerate() {
+        r.seq = i as u64 + 1;
+    }
+    records
+}
+
 #[test]
 fn every_tamper_kind_is_detected_and_classified() {
+    // Ten appends, each its own write: record 2k+1 is the k-th event, 2k+2 its seal.
     let (dir, bytes, frames) = disk_log(10);
     let storage = DiskStorage::open(dir.path()).unwrap();
-    let key = checkpoint::parse_public_key(
-        &std::fs::read_to_string(dir.path().join(checkpoint::PUBKEY_FILE)).unwrap(),
-    )
-    .unwrap();
+    let key = key_of(&dir);
     let s = verify(&storage, &key).unwrap();
-    assert_eq!((s.records, s.finding), (10, None));
+    assert_eq!((s.records, s.seals, s.finding.clone()), (20, 10, None), "{s:?}");
+    assert_eq!(s.epochs.len(), 1);
+    assert_eq!((s.epochs[0].base, s.epochs[0].last.seq), (1, 20));
     let frame = |i: usize| &bytes[frames[i].0..frames[i].0 + frames[i].1];
+    let recs = records_of(&bytes);
 
     // A flipped byte in record 4.
     let mut b = bytes.clone();
@@ -548,35 +582,262 @@ fn every_tamper_kind_is_detected_and_classified() {
     b.extend_from_slice(&bytes[frames[3].0..]);
     assert_eq!(finding_after(&dir, &b), (Damage::Duplicated, 3));
 
-    // The last three records deleted, cleanly at a frame boundary: only the signed checkpoint
-    // can tell.
-    let b = bytes[..frames[7].0].to_vec();
-    assert_eq!(finding_after(&dir, &b), (Damage::Truncated, 8));
+    // The last record cut short.
+    assert_eq!(
+        finding_after(&dir, &bytes[..bytes.len() - 3]),
+        (Damage::Truncated, 20)
+    );
 
-    // Record 6 rewritten and everything after it re-chained, CRCs and hashes right, without the
-    // key: the chain holds, the signed head does not.
-    let mut b = bytes[..frames[5].0].to_vec();
-    let (r5, _) = record::decode(frame(4)).unwrap();
-    let mut prev = r5.hash;
-    for i in 5..10 {
-        let (mut r, _) = record::decode(frame(i)).unwrap();
-        if i == 5 {
-            r.event.payload = br#"{"n":5,"allow":true}"#.to_vec();
-        }
-        prev = record::encode(&mut b, r.seq, r.time_ns, &r.event, &prev);
+    // Record 11 rewritten (a call's outcome changed) and everything after it re-chained, CRCs
+    // and hashes right, without the key: the seals after it no longer verify; the one before it
+    // (record 10) still does, which places the rewrite.
+    let mut edited = recs.clone();
+    edited[10].event.payload = br#"{"n":5,"status":403}"#.to_vec();
+    assert_eq!(finding_after(&dir, &rechained(&edited)), (Damage::Forged, 10));
+
+    // ... and in addition every seal after it dropped (the log cut back to before the change,
+    // then the edited record put back): the records past the last seal are reported.
+    let kept: Vec<_> = edited[..11].to_vec();
+    assert_eq!(finding_after(&dir, &rechained(&kept)), (Damage::Unsealed, 11));
+
+    // ... or its seal replaced by a copy of an older genuine seal (a replayed signature).
+    let mut replay = edited[..12].to_vec();
+    replay[11].event = recs[1].event.clone();
+    assert_eq!(finding_after(&dir, &rechained(&replay)), (Damage::Forged, 10));
+
+    // Every seal removed and the rest renumbered and re-chained: no signature covers anything.
+    let unsigned = renumbered(
+        recs.iter()
+            .filter(|r| r.event.kind != seal::KIND)
+            .cloned()
+            .collect(),
+    );
+    assert_eq!(finding_after(&dir, &rechained(&unsigned)), (Damage::Unsealed, 1));
+
+    // Two seals swapped (with their records' places kept), re-chained.
+    let mut swapped = recs.clone();
+    let (a, b) = (swapped[3].event.clone(), swapped[7].event.clone());
+    (swapped[3].event, swapped[7].event) = (b, a);
+    assert_eq!(finding_after(&dir, &rechained(&swapped)).0, Damage::Forged);
+
+    // A whole record deleted, everything after it renumbered and re-chained.
+    let mut gone = recs.clone();
+    gone.remove(4);
+    assert_eq!(
+        finding_after(&dir, &rechained(&renumbered(gone))),
+        (Damage::Forged, 4)
+    );
+
+    // Forged records appended after the last seal, chained correctly.
+    let mut more = recs.clone();
+    for n in 0..2 {
+        more.push(record::Record {
+            seq: 21 + n,
+            time_ns: 1,
+            event: event("s", 99),
+            prev: [0; 32],
+            hash: [0; 32],
+        });
     }
-    // Every record was its own group commit, so each has a checkpoint: 1..=5 match.
-    assert_eq!(finding_after(&dir, &b), (Damage::Forged, 6));
+    assert_eq!(finding_after(&dir, &rechained(&more)), (Damage::Unsealed, 21));
 
-    // A checkpoint signed by another key.
-    std::fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+    // A seal made by another key, chained correctly at the end.
     let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
-    let forged = checkpoint::Checkpoint::sign(&other, 10, 0, [0u8; 32]);
-    let mut cps = std::fs::read(dir.path().join(checkpoint::FILE)).unwrap();
-    cps.extend_from_slice(&forged.encode());
-    std::fs::write(dir.path().join(checkpoint::FILE), cps).unwrap();
-    let f = verify(&storage, &key).unwrap().finding.unwrap();
-    assert_eq!(f.damage, Damage::Forged, "{f:?}");
+    let mut by_other = recs.clone();
+    by_other.push(record::Record {
+        seq: 21,
+        time_ns: 5,
+        event: event("s", 1),
+        prev: [0; 32],
+        hash: [0; 32],
+    });
+    let head = record::encode(&mut Vec::new(), 21, 5, &event("s", 1), &{
+        let mut p = [0u8; 32];
+        for r in &recs {
+            p = record::encode(&mut Vec::new(), r.seq, r.time_ns, &r.event, &p);
+        }
+        p
+    });
+    by_other.push(record::Record {
+        seq: 22,
+        time_ns: 6,
+        event: seal::Seal::sign(&other, 1, 22, 6, head).event(),
+        prev: [0; 32],
+        hash: [0; 32],
+    });
+    assert_eq!(finding_after(&dir, &rechained(&by_other)), (Damage::Forged, 20));
+
+    // Verified against another key, the genuine log is a forgery.
+    std::fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+    let f = verify(&storage, &other.verifying_key()).unwrap().finding.unwrap();
+    assert_eq!((f.damage, f.seq), (Damage::Forged, 1), "{f:?}");
+    assert_eq!(verify(&storage, &key).unwrap().finding, None);
+}
+
+#[test]
+fn a_renamed_segment_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        segment_bytes: 4096,
+        ..Options::default()
+    };
+    let log = AuditLog::open(Arc::new(DiskStorage::open(dir.path()).unwrap()), options.clone()).unwrap();
+    for i in 0..40 {
+        log.append_blocking(event("s", i)).unwrap();
+    }
+    log.close();
+    let storage = DiskStorage::open(dir.path()).unwrap();
+    let names = lattice_audit::log::segment_names(&storage).unwrap();
+    assert!(names.len() >= 3, "{names:?}");
+    assert_eq!(verify(&storage, &key_of(&dir)).unwrap().finding, None);
+    // The second segment renamed one number up: it sorts in the same place, but its name no
+    // longer says where it begins.
+    let second = lattice_audit::log::segment_first_seq(&names[1]).unwrap();
+    std::fs::rename(
+        dir.path().join(&names[1]),
+        dir.path().join(segment_name(second + 1)),
+    )
+    .unwrap();
+    let f = verify(&storage, &key_of(&dir)).unwrap().finding.unwrap();
+    assert_eq!((f.damage, f.seq), (Damage::Renamed, second), "{f:?}");
+    let e = AuditLog::open(Arc::new(DiskStorage::open(dir.path()).unwrap()), options)
+        .err()
+        .expect("a renamed segment opened");
+    assert!(e.to_string().contains("its name says"), "{e}");
+}
+
+#[test]
+fn a_restart_does_not_launder_a_forged_log() {
+    let (dir, bytes, _) = disk_log(6);
+    let mut edited = records_of(&bytes);
+    edited[4].event.payload = br#"{"n":2,"status":403}"#.to_vec();
+    std::fs::write(dir.path().join(segment_name(1)), rechained(&edited)).unwrap();
+    let open = |allow| {
+        AuditLog::open(
+            Arc::new(DiskStorage::open(dir.path()).unwrap()),
+            Options {
+                allow_corruption: allow,
+                ..Options::default()
+            },
+        )
+    };
+    let e = open(false).err().expect("a forged log was adopted");
+    assert!(e.to_string().contains("not what was signed"), "{e}");
+    // Told to start anyway, the gateway writes on, but its seals vouch only for what it writes.
+    let log = open(true).unwrap();
+    assert_eq!(log.recovery().base, 13);
+    let r = log.append_blocking(event("s", 7)).unwrap();
+    assert_eq!(r.seq, 13);
+    assert_eq!(log.head().unwrap().base, 13);
+    log.close();
+    let storage = DiskStorage::open(dir.path()).unwrap();
+    let s = verify(&storage, &key_of(&dir)).unwrap();
+    let f = s.finding.clone().expect("the forgery was laundered");
+    assert_eq!((f.damage, f.seq), (Damage::Forged, 4), "{s:?}");
+    // And it stays refused on the next plain start.
+    assert!(open(false).is_err());
+}
+
+#[test]
+fn an_unsealed_tail_is_set_aside_never_adopted() {
+    let (dir, bytes, _) = disk_log(3);
+    let mut recs = records_of(&bytes);
+    for n in 0..2 {
+        recs.push(record::Record {
+            seq: 7 + n,
+            time_ns: 1,
+            event: event("s", 100 + n),
+            prev: [0; 32],
+            hash: [0; 32],
+        });
+    }
+    std::fs::write(dir.path().join(segment_name(1)), rechained(&recs)).unwrap();
+    let log = AuditLog::open(
+        Arc::new(DiskStorage::open(dir.path()).unwrap()),
+        Options::default(),
+    )
+    .unwrap();
+    assert_eq!(log.recovery().unsealed_records, 2);
+    assert!(log.recovery().torn_tail.is_some());
+    let seen: Vec<_> = log
+        .session_events("s", 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.payload)
+        .collect();
+    assert_eq!(seen.len(), 3, "an unsealed record was adopted");
+    // The chain goes on from the last seal.
+    assert_eq!(log.append_blocking(event("s", 4)).unwrap().seq, 7);
+    log.close();
+    let storage = DiskStorage::open(dir.path()).unwrap();
+    assert_eq!(verify(&storage, &key_of(&dir)).unwrap().finding, None);
+}
+
+#[test]
+fn a_rollback_is_caught_against_a_kept_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        AuditLog::open(
+            Arc::new(DiskStorage::open(dir.path()).unwrap()),
+            Options::default(),
+        )
+        .unwrap()
+    };
+    let log = open();
+    for i in 0..3 {
+        log.append_blocking(event("s", i)).unwrap();
+    }
+    let early = log.head().unwrap();
+    let seg = dir.path().join(segment_name(1));
+    let early_bytes = std::fs::read(&seg).unwrap();
+    for i in 3..6 {
+        log.append_blocking(event("s", i)).unwrap();
+    }
+    // What a witness keeps: the head as JSON.
+    let kept = seal::Seal::parse_head(&log.head().unwrap().head_json()).unwrap();
+    assert_eq!(kept.covers(), 11);
+    log.close();
+    let storage = DiskStorage::open(dir.path()).unwrap();
+    let key = key_of(&dir);
+    assert_eq!(verify_since(&storage, &key, Some(&kept)).unwrap().finding, None);
+    assert_eq!(verify_since(&storage, &key, Some(&early)).unwrap().finding, None);
+    // Records and seals cut back together to the older head: intact on its own...
+    std::fs::write(&seg, &early_bytes).unwrap();
+    assert_eq!(verify(&storage, &key).unwrap().finding, None);
+    // ...but not against the kept head.
+    let f = verify_since(&storage, &key, Some(&kept))
+        .unwrap()
+        .finding
+        .unwrap();
+    assert_eq!((f.damage, f.seq), (Damage::RolledBack, 7), "{f:?}");
+    // Or rolled back and written again from there: same length, other records.
+    let log = open();
+    for i in 0..3 {
+        log.append_blocking(event("s", 50 + i)).unwrap();
+    }
+    log.close();
+    let f = verify_since(&storage, &key, Some(&kept))
+        .unwrap()
+        .finding
+        .unwrap();
+    assert_eq!((f.damage, f.seq), (Damage::RolledBack, 11), "{f:?}");
+    // A head not made by the key proves nothing.
+    let mut fake = kept;
+    fake.head[0] ^= 1;
+    let f = verify_since(&storage, &key, Some(&fake))
+        .unwrap()
+        .finding
+        .unwrap();
+    assert_eq!(f.damage, Damage::Forged);
+}
+
+#[test]
+fn appenders_cannot_write_seals() {
+    let storage = MemStorage::default();
+    let log = AuditLog::open(Arc::new(storage), Options::default()).unwrap();
+    let mut e = event("", 1);
+    e.kind = seal::KIND.into();
+    assert!(log.append_blocking(e).is_err());
 }
 
 #[test]

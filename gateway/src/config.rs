@@ -116,6 +116,16 @@ struct RawAudit {
     segment_bytes: u64,
     #[serde(default)]
     allow_corruption: bool,
+    /// Where each new signed head is copied: a file path (outside the data dir) or an
+    /// http(s) URL that is POSTed the head's JSON.
+    #[serde(default)]
+    witness: Option<String>,
+    #[serde(default = "default_witness_interval")]
+    witness_interval_ms: u64,
+}
+
+fn default_witness_interval() -> u64 {
+    1000
 }
 
 impl Default for RawAudit {
@@ -126,6 +136,8 @@ impl Default for RawAudit {
             sync_interval_ms: default_sync_interval(),
             segment_bytes: default_segment_bytes(),
             allow_corruption: false,
+            witness: None,
+            witness_interval_ms: default_witness_interval(),
         }
     }
 }
@@ -146,6 +158,7 @@ fn default_segment_bytes() -> u64 {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub options: lattice_audit::Options,
+    pub witness: Option<crate::witness::Witness>,
 }
 
 /// The authorization gate's settings.
@@ -784,6 +797,19 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
     if a.segment_bytes < 4096 {
         return Err(bad("audit.segment_bytes", "must be at least 4096".into()));
     }
+    let witness = a
+        .witness
+        .as_deref()
+        .map(|w| {
+            crate::witness::Witness::parse(
+                w,
+                base_dir,
+                &data_dir,
+                Duration::from_millis(a.witness_interval_ms),
+            )
+        })
+        .transpose()
+        .map_err(|e| bad("audit.witness", e))?;
     let audit = a.enabled.then(|| AuditConfig {
         options: lattice_audit::Options {
             sync: a.sync,
@@ -791,6 +817,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             segment_bytes: a.segment_bytes,
             allow_corruption: a.allow_corruption,
         },
+        witness,
     });
     Ok(Config {
         source: source.to_path_buf(),

@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
+pub mod witness;
 
 pub use config::Config;
 pub use server::Server;

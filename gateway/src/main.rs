@@ -87,20 +87,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check every record and checkpoint; exit 0 with a summary when intact, 1 with the first
+    /// Check every record and seal; exit 0 with a summary when intact, 1 with the first
     /// damaged record and the kind of damage otherwise.
     Verify {
-        /// The checkpoint signer's public key (`ed25519:<hex>`, from `lattice audit pubkey`);
+        /// The seal signer's public key (`ed25519:<hex>`, from `lattice audit pubkey`);
         /// default: the data dir's own `audit/signing.pub`.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// A signed head kept outside the data dir (from `lattice audit head` or the witness):
+        /// the log must still hold it and extend it, or it was rolled back.
+        #[arg(long, value_name = "FILE")]
+        since_head: Option<PathBuf>,
     },
-    /// Print the last records, one JSON object a line.
+    /// Print the log's signed head (its last seal) as one line of JSON, after verifying the log:
+    /// keep it outside the data dir, and `verify --since-head` proves the log never went back.
+    Head {
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print the last records, one JSON object a line (seals left out: `verify` checks them).
     Tail {
         #[arg(long, short = 'n', default_value_t = 10)]
         lines: usize,
     },
-    /// Print the records since a time, one JSON object a line.
+    /// Print the records since a time, one JSON object a line (seals left out).
     Export {
         /// An RFC 3339 time, or a duration back from now (`1h`, `7d`); default: everything.
         #[arg(long)]
@@ -108,7 +118,7 @@ enum AuditCommand {
         #[arg(long, default_value = "jsonl")]
         format: ExportFormat,
     },
-    /// Print the checkpoint signer's public key, for offline verification.
+    /// Print the seal signer's public key, for offline verification.
     Pubkey,
 }
 
@@ -345,7 +355,7 @@ fn spend_command(data_dir: &std::path::Path, pairs: Vec<(&str, &str)>) -> ExitCo
 }
 
 fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode {
-    use lattice_audit::{checkpoint, verify};
+    use lattice_audit::{seal, verify};
     let dir = data_dir.join("audit");
     if !dir.is_dir() {
         return fail(format!("{}: no audit log here", dir.display()));
@@ -355,32 +365,58 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
         Err(e) => return fail(format!("{}: {e}", dir.display())),
     };
     match command {
-        AuditCommand::Verify { pubkey } => {
-            let path = pubkey.unwrap_or_else(|| dir.join(checkpoint::PUBKEY_FILE));
-            let key = match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| checkpoint::parse_public_key(&t))
-            {
+        AuditCommand::Verify { pubkey, since_head } => {
+            let key = match audit_key(&dir, pubkey) {
                 Ok(k) => k,
-                Err(e) => return fail(format!("{}: {e}", path.display())),
+                Err(e) => return fail(e),
+            };
+            let since = match since_head.as_deref().map(|p| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| seal::Seal::parse_head(&t))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            }) {
+                Some(Err(e)) => return fail(e),
+                Some(Ok(h)) => Some(h),
+                None => None,
             };
             let started = std::time::Instant::now();
-            let s = match verify::verify(&storage, &key) {
+            let s = match verify::verify_since(&storage, &key, since.as_ref()) {
                 Ok(s) => s,
                 Err(e) => return fail(format!("{}: {e}", dir.display())),
             };
             let secs = started.elapsed().as_secs_f64();
-            match s.finding {
+            match &s.finding {
                 None => {
                     println!(
-                        "audit log intact: {} records in {} segments, {} signed checkpoints; head {} {} ({:.0} records/s)",
+                        "audit log intact: {} records ({} events, {} seals) in {} segments; head {} {} ({:.0} records/s)",
                         s.records,
+                        s.records - s.seals,
+                        s.seals,
                         s.segments,
-                        s.checkpoints,
                         s.last_seq,
                         lattice_gateway::hex::encode(&s.last_hash),
                         s.records as f64 / secs.max(1e-9)
                     );
+                    for e in &s.epochs {
+                        println!(
+                            "signed: records {}..={} ({} records) by the seal at record {}; {} seals in all, each adding {}..={} records (one write)",
+                            e.base,
+                            e.last.covers(),
+                            e.last.covers() + 1 - e.base,
+                            e.last.seq,
+                            e.seals,
+                            s.per_seal.0,
+                            s.per_seal.1
+                        );
+                    }
+                    if let Some(h) = since {
+                        println!(
+                            "extends the kept head: record {} {}",
+                            h.covers(),
+                            lattice_gateway::hex::encode(&h.head)
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Some(f) => {
@@ -394,16 +430,41 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
                 }
             }
         }
-        AuditCommand::Pubkey => match std::fs::read_to_string(dir.join(checkpoint::PUBKEY_FILE)) {
+        AuditCommand::Head { pubkey } => {
+            let key = match audit_key(&dir, pubkey) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            match verify::verify(&storage, &key) {
+                Err(e) => fail(format!("{}: {e}", dir.display())),
+                Ok(s) => match (&s.finding, s.head()) {
+                    (Some(f), _) => fail(format!(
+                        "the audit log is damaged ({} at record {}: {}): it has no head to vouch for",
+                        f.damage.as_str(),
+                        f.seq,
+                        f.detail
+                    )),
+                    (None, None) => fail("the audit log is empty: no head yet"),
+                    (None, Some(h)) => {
+                        println!("{}", h.head_json());
+                        ExitCode::SUCCESS
+                    }
+                },
+            }
+        }
+        AuditCommand::Pubkey => match std::fs::read_to_string(dir.join(seal::PUBKEY_FILE)) {
             Ok(k) => {
                 print!("{k}");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(format!("{}: {e}", dir.join(checkpoint::PUBKEY_FILE).display())),
+            Err(e) => fail(format!("{}: {e}", dir.join(seal::PUBKEY_FILE).display())),
         },
         AuditCommand::Tail { lines } => {
             let mut last = std::collections::VecDeque::with_capacity(lines);
             let walked = verify::for_each_record(&storage, |r| {
+                if r.event.kind == seal::KIND {
+                    return;
+                }
                 if last.len() == lines {
                     last.pop_front();
                 }
@@ -430,7 +491,7 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut write_err = None;
             let walked = verify::for_each_record(&storage, |r| {
-                if r.time_ns >= since_ns && write_err.is_none() {
+                if r.time_ns >= since_ns && write_err.is_none() && r.event.kind != seal::KIND {
                     use std::io::Write;
                     if let Err(e) = writeln!(out, "{}", lattice_gateway::gates::audit::record_json(&r)) {
                         write_err = Some(e);
@@ -443,6 +504,18 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
             }
         }
     }
+}
+
+/// The seal signer's public key: `pubkey`, or the audit dir's own.
+fn audit_key(
+    dir: &std::path::Path,
+    pubkey: Option<PathBuf>,
+) -> Result<lattice_audit::seal::VerifyingKey, String> {
+    let path = pubkey.unwrap_or_else(|| dir.join(lattice_audit::seal::PUBKEY_FILE));
+    std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| lattice_audit::seal::parse_public_key(&t))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `--since`: an RFC 3339 time or a duration back from now; unix nanoseconds.
@@ -581,6 +654,10 @@ fn serve(path: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
         // ends (its thread would otherwise die with it, queue and all).
         if let Some(audit) = state.audit() {
             audit.close();
+            // The head the close made durable reaches the witness before the process ends.
+            if let Some(w) = state.witness() {
+                w.deliver_last(audit).await;
+            }
         }
         telemetry::flush_access();
         tracing::info!("lattice stopped");

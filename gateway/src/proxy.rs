@@ -43,6 +43,8 @@ pub struct State {
     policy: Option<Arc<PolicyStore>>,
     jwks: Option<Arc<crate::jwt::Jwks>>,
     audit: Option<Arc<lattice_audit::AuditLog>>,
+    /// Where signed heads are copied (`[audit] witness`).
+    witness: Option<crate::witness::Witness>,
     /// Where the audit log lives, for the spend reports.
     audit_storage: Option<Arc<dyn lattice_audit::Storage>>,
     budgets: Option<Arc<crate::budget::Budgets>>,
@@ -100,8 +102,11 @@ impl State {
                     .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
                 let r = log.recovery();
                 tracing::info!(dir = %dir.display(), records = r.records, segments = r.segments,
-                    torn_tail_bytes = r.torn_tail.as_ref().map_or(0, |t| t.0), skipped = r.skipped.len(),
-                    "audit log opened");
+                    torn_tail_bytes = r.torn_tail.as_ref().map_or(0, |t| t.0), unsealed_records = r.unsealed_records,
+                    skipped = r.skipped.len(), seals_vouch_from = r.base, "audit log opened");
+                if let Some(w) = &a.witness {
+                    w.spawn(&log);
+                }
                 Some(Arc::new(log))
             }
         };
@@ -141,6 +146,7 @@ impl State {
             policy,
             jwks,
             audit,
+            witness: config.audit.as_ref().and_then(|a| a.witness.clone()),
             audit_storage: kept_storage,
             budgets,
             max_body: config.server.max_body_bytes,
@@ -168,6 +174,11 @@ impl State {
     /// The audit log, unless `[audit] enabled = false`.
     pub fn audit(&self) -> Option<&Arc<lattice_audit::AuditLog>> {
         self.audit.as_ref()
+    }
+
+    /// The audit witness, when `[audit] witness` is set.
+    pub fn witness(&self) -> Option<&crate::witness::Witness> {
+        self.witness.as_ref()
     }
 
     /// The JWT signing keys, when `[identity.jwt]` is configured.
@@ -392,7 +403,11 @@ fn readiness(state: &State) -> (StatusCode, Bytes) {
             status = StatusCode::SERVICE_UNAVAILABLE;
             detail["status"] = "not ready".into();
         }
-        detail["audit"] = serde_json::json!({"failure": failure});
+        let r = a.recovery();
+        detail["audit"] = serde_json::json!({"failure": failure,
+            "head": a.head().map(|h| h.covers()),
+            "recovery": {"records": r.records, "unsealed_set_aside": r.unsealed_records,
+                         "skipped": r.skipped.len(), "seals_vouch_from": r.base}});
     }
     (status, Bytes::from(detail.to_string()))
 }

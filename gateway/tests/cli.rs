@@ -1485,24 +1485,32 @@ fn kill_9_mid_stream_charges_open_reservations_once() {
     );
 }
 
-#[test]
-fn audit_commands_verify_read_and_catch_damage() {
+/// A mock config's gateway served for three calls (`{prefix}-0..2`) and stopped: the temp dir,
+/// the config and the data dir.
+fn three_logged_calls(prefix: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (config, data) = mock_config(tmp.path(), "");
     let s = serve(&config);
     for i in 0..3 {
-        assert!(chat_ok(s.addr, &format!("call-{i}")));
+        assert!(chat_ok(s.addr, &format!("{prefix}-{i}")));
     }
     s.stop();
+    (tmp, config, data)
+}
+
+#[test]
+fn audit_commands_verify_read_and_catch_damage() {
+    let (tmp, config, data) = three_logged_calls("call");
     let cfg = config.to_str().expect("utf-8");
 
     let v = run(&["audit", "verify", "--config", cfg]);
     assert!(v.status.success(), "{}{}", v.stdout, v.stderr);
     assert!(
-        v.stdout.starts_with("audit log intact: 6 records"),
+        v.stdout.starts_with("audit log intact: ") && v.stdout.contains(" records (6 events, "),
         "{}",
         v.stdout
     );
+    assert!(v.stdout.contains("\nsigned: records 1..="), "{}", v.stdout);
     let tail = run(&["audit", "tail", "-n", "2", "--config", cfg]);
     let lines: Vec<serde_json::Value> = tail
         .stdout
@@ -1510,10 +1518,7 @@ fn audit_commands_verify_read_and_catch_damage() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     assert_eq!(lines.len(), 2);
-    assert_eq!(
-        (lines[1]["seq"].as_u64(), lines[1]["kind"].as_str()),
-        (Some(6), Some("call.end"))
-    );
+    assert_eq!(lines[1]["kind"].as_str(), Some("call.end"));
     assert_eq!(lines[0]["payload"]["request_id"], "call-2");
     let export = run(&["audit", "export", "--since", "1h", "--config", cfg]);
     assert_eq!(export.stdout.lines().count(), 6);
@@ -1532,7 +1537,7 @@ fn audit_commands_verify_read_and_catch_damage() {
     let pubkey = run(&["audit", "pubkey", "--config", cfg]);
     assert!(pubkey.stdout.starts_with("ed25519:") && pubkey.stdout.trim().len() == 8 + 64);
 
-    // Checked against another key, the signed checkpoints are forgeries.
+    // Checked against another key, the seals are forgeries.
     let other = write_file(tmp.path(), "other.pub", &format!("ed25519:{}\n", "11".repeat(32)));
     let v = run(&[
         "audit",
@@ -1546,16 +1551,7 @@ fn audit_commands_verify_read_and_catch_damage() {
     assert!(v.stdout.contains("forged"), "{}", v.stdout);
 
     // One flipped byte in the middle of the log.
-    let seg = std::fs::read_dir(data.join("audit"))
-        .expect("audit dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("seg-"))
-        })
-        .expect("a segment");
+    let seg = data.join("audit").join(lattice_audit::log::segment_name(1));
     let mut bytes = std::fs::read(&seg).expect("segment");
     let at = bytes.len() / 2;
     bytes[at] ^= 0x20;
@@ -1567,4 +1563,210 @@ fn audit_commands_verify_read_and_catch_damage() {
         "{}",
         v.stdout
     );
+}
+
+/// An HTTP receiver on loopback that answers 200 to every POST and hands over each body.
+fn witness_receiver() -> (SocketAddr, mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { return };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut w = conn;
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+                    if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The head a witness file holds once it covers at least record `at_least` (polled).
+fn witnessed(path: &Path, at_least: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && v["seq"].as_u64().is_some_and(|s| s >= at_least)
+        {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the witness never got a head past {at_least}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn audit_witness_keeps_heads_outside_and_catches_a_rollback() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let outside = tmp.path().join("witness");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let head_file = outside.join("head.json");
+    let (receiver, posted) = witness_receiver();
+    // A file witness and, in a second config on the same data dir, an HTTP one.
+    let (file_cfg, data) = mock_config(
+        tmp.path(),
+        &format!(
+            "[audit]\nwitness = \"{}\"\nwitness_interval_ms = 20",
+            head_file.display()
+        ),
+    );
+    let http_text = std::fs::read_to_string(&file_cfg).expect("config").replace(
+        &head_file.display().to_string(),
+        &format!("http://{receiver}/heads"),
+    );
+    let http_cfg = write_file(tmp.path(), "http.toml", &http_text);
+    let dir = data.to_str().expect("utf-8");
+
+    let s = serve(&file_cfg);
+    assert!(chat_ok(s.addr, "w-1"));
+    // While it runs: the decision's seal reaches the witness within the interval.
+    witnessed(&head_file, 1);
+    s.stop();
+    let head = run(&["audit", "head", "--data-dir", dir]);
+    assert!(head.status.success(), "{}", head.stderr);
+    let early: serde_json::Value = serde_json::from_str(&head.stdout).expect("head JSON");
+    // The witness has the same head as the log says it has.
+    let kept: serde_json::Value =
+        serde_json::from_str(&witnessed(&head_file, early["seq"].as_u64().unwrap_or(0)))
+            .expect("witness JSON");
+    assert_eq!(kept, early);
+    let seg = data.join("audit").join(lattice_audit::log::segment_name(1));
+    let snapshot = std::fs::read(&seg).expect("segment");
+
+    // More calls, witnessed over HTTP this time.
+    let s = serve(&http_cfg);
+    assert!(chat_ok(s.addr, "w-2"));
+    assert!(chat_ok(s.addr, "w-3"));
+    s.stop();
+    let latest = run(&["audit", "head", "--data-dir", dir]).stdout;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last_posted = String::new();
+    while last_posted.trim() != latest.trim() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match posted.recv_timeout(left) {
+            Ok(body) => last_posted = body,
+            Err(_) => panic!("the HTTP witness never got the head {latest}, last {last_posted}"),
+        }
+    }
+    let kept_http = write_file(tmp.path(), "kept.json", &last_posted);
+    let since = |f: &Path| {
+        run(&[
+            "audit",
+            "verify",
+            "--data-dir",
+            dir,
+            "--since-head",
+            f.to_str().expect("utf-8"),
+        ])
+    };
+    let v = since(&kept_http);
+    assert!(
+        v.status.success() && v.stdout.contains("extends the kept head"),
+        "{}{}",
+        v.stdout,
+        v.stderr
+    );
+    assert!(
+        since(&head_file).status.success(),
+        "the log no longer extends an earlier head"
+    );
+
+    // Records and seals cut back together to the earlier head: intact on its own, caught
+    // against the witness's copy.
+    std::fs::write(&seg, &snapshot).expect("roll back");
+    let plain = run(&["audit", "verify", "--data-dir", dir]);
+    assert!(plain.status.success(), "{}", plain.stdout);
+    let v = since(&kept_http);
+    assert_eq!(v.status.code(), Some(1), "{}{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.starts_with("audit log damaged: rolled back at record "),
+        "{}",
+        v.stdout
+    );
+}
+
+#[test]
+fn a_witness_inside_the_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let inside = tmp.path().join("data").join("head.json");
+    let (cfg, _) = mock_config(
+        tmp.path(),
+        &format!("[audit]\nwitness = \"{}\"", inside.display()),
+    );
+    let c = run(&["check", "--config", cfg.to_str().expect("utf-8")]);
+    assert!(!c.status.success(), "{}", c.stdout);
+    assert!(
+        c.stderr.contains("audit.witness") && c.stderr.contains("inside the data dir"),
+        "{}",
+        c.stderr
+    );
+}
+
+#[test]
+fn a_forged_log_is_not_adopted_on_start() {
+    use lattice_audit::record;
+    let (_tmp, config, data) = three_logged_calls("f");
+    // Without the key: a call's end record changed, everything after it re-chained.
+    let seg = data.join("audit").join(lattice_audit::log::segment_name(1));
+    let bytes = std::fs::read(&seg).expect("segment");
+    let mut out = lattice_audit::log::MAGIC.to_vec();
+    let (mut pos, mut prev, mut changed) = (8, [0u8; 32], false);
+    while pos < bytes.len() {
+        let (mut r, n) = record::decode(&bytes[pos..]).expect("record");
+        if !changed && r.event.kind == "call.end" {
+            let text = String::from_utf8(r.event.payload.clone()).expect("utf-8");
+            assert!(text.contains("\"status\":200"), "{text}");
+            r.event.payload = text.replace("\"status\":200", "\"status\":403").into_bytes();
+            changed = true;
+        }
+        prev = record::encode(&mut out, r.seq, r.time_ns, &r.event, &prev);
+        pos += n;
+    }
+    assert!(changed);
+    std::fs::write(&seg, out).expect("write");
+    let v = run(&["audit", "verify", "--data-dir", data.to_str().expect("utf-8")]);
+    assert!(
+        v.stdout.starts_with("audit log damaged: forged at record "),
+        "{}",
+        v.stdout
+    );
+
+    let mut cmd = lattice();
+    cmd.arg("serve").arg("--config").arg(&config);
+    let done = Proc::spawn(&mut cmd).finish(EXIT_TIMEOUT, "lattice serve on a forged log");
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("not what was signed"), "{}", done.stderr);
+    assert!(!done.stdout.contains("listening"), "{}", done.stdout);
 }
