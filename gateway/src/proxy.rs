@@ -858,6 +858,7 @@ pub async fn handle(
         pii_findings: Vec::new(),
         allowed_tools: None,
         tools_removed: Vec::new(),
+        body_checked: false,
         model_lock: None,
         budget_obligations: Vec::new(),
         reservation: None,
@@ -1165,7 +1166,7 @@ fn scanned_answer(
         None | Some(Ok(None)) => whole,
         Some(Ok(Some(b))) => b,
         Some(Err(stopped)) => {
-            let status = StatusCode::FORBIDDEN;
+            let status = stopped.status;
             log.reason = Some(stopped.gate);
             log.status = status.as_u16();
             parts.status = status;

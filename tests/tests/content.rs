@@ -592,3 +592,213 @@ async fn a_locked_principal_reaches_no_other_model_by_alias_or_override() {
     );
     gw.stop().await;
 }
+
+/// Bodies that parse, but not one way only: with a content rule on, each is refused (400 in the
+/// client's dialect) and never reaches the upstream. Before, the request scan gave up on them
+/// and let them pass with the secret.
+#[tokio::test]
+async fn bodies_the_content_rules_cannot_read_one_way_are_refused_not_forwarded() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let pii = "[pii]\nrequest = { default = \"redact\", secret = \"block\" }\n";
+    let gw = TestGateway::start(&format!("{}{pii}", config(up.addr, "", ""))).await;
+    let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL";
+    let msg = |extra: &str, content: &str| {
+        format!(
+            r#"{{"model":"gpt-4o","max_tokens":5,{extra}"messages":[{{"role":"user","content":{content}}}]}}"#
+        )
+        .into_bytes()
+    };
+    let deep = format!(r#""metadata":{{"x":{}1{}}},"#, "[".repeat(300), "]".repeat(300));
+    let mut not_utf8 = msg("", &format!("\"{key} and \u{1}\""));
+    let at = not_utf8.iter().position(|&b| b == 1).unwrap();
+    not_utf8[at] = 0xff;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a lone surrogate", msg("", &format!(r#""{key} \ud800""#))),
+        (
+            "a number beyond f64",
+            msg(r#""temperature":1e999,"#, &format!("\"{key}\"")),
+        ),
+        ("a byte that is not UTF-8", not_utf8),
+        ("deep nesting", msg(&deep, &format!("\"{key}\""))),
+        ("a duplicate key", {
+            let mut b = msg("", "\"hi\"");
+            let s = String::from_utf8(b.clone()).unwrap();
+            b = s
+                .replace(
+                    r#""content":"hi""#,
+                    &format!(r#""content":"{key}","content":"hi""#),
+                )
+                .into_bytes();
+            b
+        }),
+    ];
+    // The control: without an oddity, the secret is what refuses the call.
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            msg("", &format!("\"{key}\"")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "pii_blocked");
+    for (what, body) in cases {
+        let before = up.recorded().len();
+        let r = send(
+            gw.addr,
+            request(
+                Method::POST,
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                body,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unreadable_body", "{what}");
+        assert!(!r.text().contains(key), "{what}");
+        assert_eq!(up.recorded().len(), before, "{what} reached the upstream");
+    }
+    // In the Anthropic dialect too, as its SDK's error.
+    let body = format!(
+        r#"{{"model":"claude-3-5-haiku","max_tokens":5,"messages":[{{"role":"user","content":"{key}","content":"hi"}}]}}"#
+    );
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1/messages",
+            &[
+                ("content-type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["type"], "error");
+    assert!(!r.text().contains(key));
+    assert!(
+        up.recorded().is_empty(),
+        "an unreadable body reached the upstream"
+    );
+    gw.stop().await;
+}
+
+/// The tool gate's filter re-reads the body: one it cannot read is refused, not forwarded with
+/// the disallowed tool still in it.
+#[tokio::test]
+async fn the_tool_filter_refuses_a_body_it_cannot_read() {
+    let up = MockUpstream::start(Behavior {
+        script: Some(tool_script()),
+        ..Default::default()
+    })
+    .await;
+    let (_pol, cfg) = policy_config(
+        up.addr,
+        r#"{"allowed_tools": ["web_search"]}"#,
+        "[tools]\noffered = \"filter\"\ncalls = \"remove\"\n",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let tools = offered(false, &["shell", "web_search"]);
+    for oddity in [
+        r#""temperature":1e999"#,
+        r#""user":"a","user":"b""#,
+        r#""user":"\udfff""#,
+    ] {
+        let body = format!(r#"{{"model":"gpt-4o","max_tokens":5,{oddity},"tools":{tools},"messages":[]}}"#);
+        let r = send(
+            gw.addr,
+            request(
+                Method::POST,
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                body,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{oddity}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "unreadable_body");
+    }
+    assert!(
+        up.recorded().is_empty(),
+        "a body offering `shell` reached the upstream"
+    );
+    gw.stop().await;
+}
+
+/// An answer meant as JSON that does not read one way only is not passed on: a JSON answer is
+/// refused (502), a stream is stopped with an error event before the event goes out.
+#[tokio::test]
+async fn answers_the_filter_cannot_read_one_way_are_not_passed_on() {
+    // `\u0040` hides the e-mail's `@` from a scan of the raw bytes; the lone surrogate made the
+    // parse fail, so the filter used to fall back to that raw scan and pass it on.
+    const HIDDEN: &str = r#"write to ana.lopez\u0040example.com \ud800"#;
+    let script: Script = Arc::new(|_: &str, req: &Value| {
+        let json_answer = format!(
+            r#"{{"id":"x","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{{"index":0,"finish_reason":"stop","message":{{"role":"assistant","content":"{HIDDEN}"}}}}]}}"#
+        );
+        if req["stream"] == true {
+            let event = format!(
+                r#"{{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{{"index":0,"delta":{{"content":"{EMAIL}","content":"hi"}},"finish_reason":null}}]}}"#
+            );
+            Scripted {
+                content_type: SSE,
+                encoding: None,
+                pieces: vec![
+                    Bytes::from(format!(
+                        "data: {}\n\n",
+                        openai_chunk(json!({"content": "Hello. "}), Value::Null)
+                    )),
+                    Bytes::from(format!("data: {event}\n\n")),
+                    Bytes::from_static(b"data: [DONE]\n\n"),
+                ],
+            }
+        } else {
+            Scripted {
+                content_type: "application/json",
+                encoding: None,
+                pieces: vec![Bytes::from(json_answer)],
+            }
+        }
+    });
+    let up = MockUpstream::start(Behavior {
+        script: Some(script),
+        ..Default::default()
+    })
+    .await;
+    let pii = "[pii]\nresponse = { email = \"redact\" }\n";
+    let gw = TestGateway::start(&format!("{}{pii}", config(up.addr, "", ""))).await;
+    let r = chat(&gw, false, json!({"model": "gpt-4o", "messages": []})).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "answer_unscanned");
+    assert!(!r.text().contains("example.com"), "{}", r.text());
+
+    let r = chat(
+        &gw,
+        false,
+        json!({"model": "gpt-4o", "stream": true, "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.text().contains(EMAIL), "{}", r.text());
+    let evs = events(&r);
+    assert_eq!(evs[0]["choices"][0]["delta"]["content"], "Hello. ");
+    assert_eq!(
+        evs.last().unwrap()["error"]["code"],
+        "answer_unscanned",
+        "{}",
+        r.text()
+    );
+    let ends = end_records(&gw, 2).await;
+    assert!(
+        ends.iter()
+            .all(|e| e["outcome"] == "stopped" || e["status"] == 502),
+        "{ends:?}"
+    );
+    gw.stop().await;
+}

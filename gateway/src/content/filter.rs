@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::pii::{Hit, Liveness, Scanner};
 use super::tools::{AllowedTools, Calls};
-use super::{Actions, Finding, Pii, Rewriter, Tally, describe};
+use super::{Actions, Finding, Pii, Rewriter, Tally, describe, strict};
 
 /// The most text a channel keeps back.
 pub const MAX_HOLD: usize = 4096;
@@ -44,6 +44,8 @@ fn text_field(key: &str) -> bool {
 pub struct Stopped {
     pub gate: &'static str,
     pub code: &'static str,
+    /// 403 for what a rule refused; 502 for an answer that could not be read to be checked.
+    pub status: http::StatusCode,
     pub message: String,
 }
 
@@ -160,11 +162,24 @@ impl Filter {
         !self.stopped && (!self.buf.is_empty() || self.channels.values().any(Channel::holds))
     }
 
+    /// An answer (or event) that is meant as JSON but does not read one way only: not checked,
+    /// so not passed on.
+    fn unscanned(&mut self, why: &strict::Unreadable) -> Stopped {
+        self.report.stopped = Some("answer_unscanned");
+        Stopped {
+            gate: "content",
+            code: "answer_unscanned",
+            status: http::StatusCode::BAD_GATEWAY,
+            message: format!("the upstream's answer could not be checked, so it is not passed on: {why}"),
+        }
+    }
+
     fn blocked_by_pii(&mut self, kind: &str) -> Stopped {
         self.report.stopped = Some("pii_blocked");
         Stopped {
             gate: "pii",
             code: "pii_blocked",
+            status: http::StatusCode::FORBIDDEN,
             message: format!(
                 "the answer contains {}, which this gateway does not pass on",
                 describe(kind)
@@ -175,6 +190,7 @@ impl Filter {
     fn blocked_tool(&mut self, name: &str) -> Stopped {
         self.report.stopped = Some("tool_call_blocked");
         Stopped {
+            status: http::StatusCode::FORBIDDEN,
             gate: "tools",
             code: "tool_call_blocked",
             message: format!("the model called the tool `{name}`, which this caller may not use"),
@@ -186,8 +202,10 @@ impl Filter {
     /// A whole JSON answer: `Ok(None)` to send it as it is, `Ok(Some(body))` rewritten, or the
     /// reason to refuse it. A body that is not JSON is scanned as text.
     pub fn json(&mut self, body: &[u8]) -> Result<Option<Bytes>, Stopped> {
-        // Tool rules only, and no tool call in sight: nothing to parse.
+        // Tool rules only, and no tool call in sight (nor an escape that could spell one):
+        // nothing to parse.
         if self.rules.pii.is_none()
+            && memchr::memmem::find(body, b"\\u").is_none()
             && [
                 &b"\"tool_calls\""[..],
                 b"\"function_call\"",
@@ -199,8 +217,11 @@ impl Filter {
         {
             return Ok(None);
         }
-        let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-            return self.raw_text(body);
+        let mut v = match strict::parse(body) {
+            Ok(v) => v,
+            Err(e) if strict::looks_like_json(body) => return Err(self.unscanned(&e)),
+            // Not JSON at all (an upstream's HTML error page, say): scanned as text.
+            Err(_) => return self.raw_text(body),
         };
         let mut changed = false;
         if self.rules.tools.is_some() {
@@ -386,12 +407,21 @@ impl Filter {
             return;
         }
         let tools_here = self.rules.tools.is_some()
-            && (data.contains("tool") || (self.dialect == Dialect::Anthropic && !self.an_removed.is_empty()));
+            && (data.contains("tool")
+                || data.contains("\\u")
+                || (self.dialect == Dialect::Anthropic && !self.an_removed.is_empty()));
         if self.rules.pii.is_none() && !tools_here {
             out.extend_from_slice(raw);
             return;
         }
-        let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+        let parsed = strict::parse(data.as_bytes());
+        if let Err(e) = &parsed
+            && strict::looks_like_json(data.as_bytes())
+        {
+            let s = self.unscanned(e);
+            return self.stop(out, &s);
+        }
+        let Ok(mut v) = parsed else {
             // Not JSON: its text is scanned as it stands (it ends no channel).
             match self.raw_text(data.as_bytes()) {
                 Ok(None) => out.extend_from_slice(raw),
@@ -543,10 +573,20 @@ impl Filter {
         self.stopped = true;
         let body = match self.dialect {
             Dialect::OpenAi => {
-                serde_json::json!({"error": {"message": s.message, "type": "permission_error", "code": s.code}})
+                let kind = if s.status == http::StatusCode::FORBIDDEN {
+                    "permission_error"
+                } else {
+                    "api_error"
+                };
+                serde_json::json!({"error": {"message": s.message, "type": kind, "code": s.code}})
             }
             Dialect::Anthropic => {
-                serde_json::json!({"type": "error", "error": {"type": "permission_error", "message": s.message}})
+                let kind = if s.status == http::StatusCode::FORBIDDEN {
+                    "permission_error"
+                } else {
+                    "api_error"
+                };
+                serde_json::json!({"type": "error", "error": {"type": kind, "message": s.message}})
             }
         };
         let name = (self.dialect == Dialect::Anthropic).then_some("error");

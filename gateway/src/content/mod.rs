@@ -10,6 +10,7 @@
 
 pub mod filter;
 pub mod pii;
+pub mod strict;
 pub mod tools;
 
 use std::collections::BTreeMap;
@@ -369,8 +370,12 @@ impl Pii {
         if !any && memchr::memmem::find(body, b"\\u").is_none() {
             return Scanned::default();
         }
+        // The gate checked the body (`strict`), so this cannot fail; if it did, nothing passes.
         let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-            return Scanned::default();
+            return Scanned {
+                blocked: Some("unreadable".into()),
+                ..Scanned::default()
+            };
         };
         let mut tally = Tally::default();
         let mut w = Rewriter::new(&self.scanner, actions, &mut tally);

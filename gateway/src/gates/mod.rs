@@ -90,12 +90,38 @@ pub struct Call<'a> {
     pub allowed_tools: Option<Arc<crate::content::tools::AllowedTools>>,
     /// Tools the tool gate took out of the request (`[tools] offered = "filter"`).
     pub tools_removed: Vec<Box<str>>,
+    /// The body passed [`crate::content::strict::check`] (done once, by the first content
+    /// gate that reads it).
+    pub body_checked: bool,
     /// The policy's `model_lock` obligation.
     pub model_lock: Option<model_lock::ModelLock>,
     /// Budgets the policy decision set (its `budget` obligation), charged with the configured.
     pub budget_obligations: Vec<crate::budget::Limit>,
     /// The worst case reserved on the call's budgets (set by the budget gate).
     pub reservation: Option<crate::budget::Reservation>,
+}
+
+impl Call<'_> {
+    /// Refuses a body the content rules cannot read one way only (see `content::strict`):
+    /// called by every gate that reads the body's content, before it reads it. `gate` is the
+    /// caller's name, for the denial.
+    pub fn check_body(&mut self, gate: &'static str) -> Result<(), Denial> {
+        if self.body_checked {
+            return Ok(());
+        }
+        crate::content::strict::check(self.body).map_err(|e| Denial {
+            gate,
+            code: "unreadable_body",
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "the request body cannot be checked by this gateway's content rules, which read a body one way only: {e}"
+            )
+            .into(),
+            retry_after: None,
+        })?;
+        self.body_checked = true;
+        Ok(())
+    }
 }
 
 /// A gate's refusal. Rendered in the client's dialect by the proxy; `message` must not contain

@@ -28,6 +28,10 @@ impl Gate for PiiGate {
             }
             None => config,
         };
+        if actions.all_allow() {
+            return Ok(());
+        }
+        call.check_body(self.name())?;
         // What the tool gate left of the body, if it changed it.
         let body = call.rewritten_body.as_deref().unwrap_or(call.body);
         let scanned = self.0.request(body, actions);

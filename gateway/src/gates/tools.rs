@@ -17,6 +17,12 @@ impl Gate for ToolGate {
     }
 
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
+        if call.allowed_tools.is_none() {
+            return Ok(());
+        }
+        // The tool rule applies to this body: it must read one way only (a filtered body is
+        // re-read whole; a duplicate `tools` would be read differently upstream).
+        call.check_body(self.name())?;
         let Some(allowed) = &call.allowed_tools else {
             return Ok(());
         };
