@@ -104,6 +104,7 @@ fn budget(c: &mut Criterion) {
         model: "gpt-4o-mini",
         body_len: 180,
         max_tokens: Some(256),
+        choices: 1,
         generates: true,
         from_policy: &[],
     };

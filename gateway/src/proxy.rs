@@ -240,6 +240,7 @@ impl Rejection {
             Rejection::BodyRead => "body_read_failed",
             Rejection::BodyTimeout(_) => "request_timeout",
             Rejection::BadRequest(ViewError::Malformed(_)) => "invalid_json",
+            Rejection::BadRequest(ViewError::OutOfRange(..)) => "invalid_value",
             Rejection::BadRequest(_) => "invalid_model",
             Rejection::UnknownModel(_) => "model_not_found",
             Rejection::DialectMismatch { .. } => "dialect_not_supported",

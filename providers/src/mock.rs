@@ -1013,6 +1013,7 @@ mod tests {
             stream: true,
             include_usage: false,
             max_tokens: None,
+            choices: 1,
             tools: Vec::new(),
         };
         for body in [&b"[1]"[..], b"\"text\"", b"{not json", b""] {

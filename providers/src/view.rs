@@ -68,8 +68,12 @@ pub struct CallView<'a> {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`.
     pub include_usage: bool,
-    /// `max_tokens` (or OpenAI's `max_completion_tokens`), when given.
+    /// The most output tokens the request lets one choice have: the larger of `max_tokens` and
+    /// OpenAI's `max_completion_tokens` (OpenAI and vLLM honour the latter; a worst case must
+    /// not take the smaller), when either is given.
     pub max_tokens: Option<u64>,
+    /// How many choices the answer has: OpenAI's `n` (1 when absent; other surfaces have one).
+    pub choices: u64,
     /// The names of the tools offered to the model, in request order: OpenAI
     /// `tools[].function.name`, Anthropic `tools[].name` (else a tool's `type`).
     pub tools: Vec<Cow<'a, str>>,
@@ -83,7 +87,15 @@ pub enum ViewError {
     MissingModel,
     /// `model` is not a non-empty string.
     BadModel,
+    /// A number no provider accepts: the field, and the range it must be in.
+    OutOfRange(&'static str, &'static str),
 }
+
+/// The largest output-token limit any provider accepts (OpenAI's and Anthropic's are 32-bit
+/// integers); a larger one is refused, not clamped.
+pub const MAX_OUTPUT_TOKENS: u64 = i32::MAX as u64;
+/// The most choices OpenAI's `n` accepts.
+pub const MAX_CHOICES: u64 = 128;
 
 impl std::fmt::Display for ViewError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,6 +103,7 @@ impl std::fmt::Display for ViewError {
             ViewError::Malformed(e) => write!(f, "the request body is not valid JSON for this API: {e}"),
             ViewError::MissingModel => f.write_str("the request body has no \"model\" field"),
             ViewError::BadModel => f.write_str("\"model\" must be a non-empty string"),
+            ViewError::OutOfRange(field, range) => write!(f, "\"{field}\" must be {range}"),
         }
     }
 }
@@ -107,6 +120,8 @@ struct Raw<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    n: Option<u64>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
     #[serde(default, borrow)]
@@ -162,7 +177,15 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
         model_span: start..start + text.len(),
         stream: raw.stream.unwrap_or(false),
         include_usage: raw.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
-        max_tokens: raw.max_tokens.or(raw.max_completion_tokens),
+        max_tokens: limit(raw.max_tokens, "max_tokens")?
+            .max(limit(raw.max_completion_tokens, "max_completion_tokens")?),
+        choices: match (surface, raw.n) {
+            (Surface::ChatCompletions, Some(n)) if (1..=MAX_CHOICES).contains(&n) => n,
+            (Surface::ChatCompletions, Some(_)) => {
+                return Err(ViewError::OutOfRange("n", "an integer from 1 to 128"));
+            }
+            _ => 1,
+        },
         tools: raw
             .tools
             .unwrap_or_default()
@@ -171,6 +194,14 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
             .map(|n| n.0)
             .collect(),
     })
+}
+
+/// An output-token limit, refused when no provider accepts it.
+fn limit(n: Option<u64>, field: &'static str) -> Result<Option<u64>, ViewError> {
+    match n {
+        Some(n) if n > MAX_OUTPUT_TOKENS => Err(ViewError::OutOfRange(field, "an integer below 2^31")),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +218,40 @@ mod tests {
         assert_eq!(&body[v.model_span.clone()], br#""gpt-4o""#);
         assert!(v.stream && v.include_usage);
         assert_eq!(v.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn the_output_limit_is_the_larger_and_numbers_no_provider_takes_are_refused() {
+        let v = |extra: &str| {
+            parse(
+                Surface::ChatCompletions,
+                format!(r#"{{"model":"m"{extra}}}"#).as_bytes(),
+            )
+            .map(|v| (v.max_tokens, v.choices))
+        };
+        assert_eq!(
+            v(r#","max_tokens":1,"max_completion_tokens":1000"#),
+            Ok((Some(1000), 1))
+        );
+        assert_eq!(
+            v(r#","max_completion_tokens":1000,"max_tokens":1"#),
+            Ok((Some(1000), 1))
+        );
+        assert_eq!(v(r#","max_completion_tokens":7"#), Ok((Some(7), 1)));
+        assert_eq!(v(""), Ok((None, 1)));
+        assert_eq!(v(r#","n":3"#), Ok((None, 3)));
+        for bad in [
+            r#","max_tokens":18446744073709551615"#,
+            r#","max_completion_tokens":2147483648"#,
+            r#","n":0"#,
+            r#","n":129"#,
+        ] {
+            assert!(matches!(v(bad), Err(ViewError::OutOfRange(..))), "{bad}");
+        }
+        assert!(matches!(v(r#","max_tokens":-1"#), Err(ViewError::Malformed(_))));
+        // `n` is OpenAI's: elsewhere there is one choice.
+        let a = parse(Surface::Messages, br#"{"model":"m","n":5}"#).unwrap();
+        assert_eq!(a.choices, 1);
     }
 
     #[test]

@@ -755,3 +755,71 @@ async fn spend_is_reported_per_principal_to_finance_only() {
     );
     gw.stop().await;
 }
+
+/// The worst case is the most any upstream may produce for the request as sent: the larger of
+/// `max_tokens` and `max_completion_tokens`, times `n`, with no arithmetic that wraps; numbers no
+/// provider accepts are refused.
+#[tokio::test]
+async fn the_worst_case_is_not_understated() {
+    let up = UsageUpstream::start(None).await;
+    // gpt-exact: output at $1/M. The budget holds $0.01: 10,000 output tokens.
+    let gw = TestGateway::start(&config(
+        up.addr,
+        r#"[budgets]
+[[budgets.limit]]
+name = "small"
+scope = "team"
+window = "daily"
+usd = 0.01
+"#,
+    ))
+    .await;
+    let body = |fields: &str| {
+        format!(r#"{{"model":"gpt-exact",{fields},"messages":[{{"role":"user","content":"hello"}}]}}"#)
+    };
+    // The larger limit counts, whichever field it is in.
+    for fields in [
+        r#""max_tokens":1,"max_completion_tokens":1000000000"#,
+        r#""max_completion_tokens":1000000000,"max_tokens":1"#,
+    ] {
+        let r = post(gw.addr, "/v1/chat/completions", body(fields)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{fields}: {}", r.text());
+        assert!(r.text().contains("up to $1000.000000000"), "{}", r.text());
+    }
+    // n choices may each reach the limit.
+    let r = post(
+        gw.addr,
+        "/v1/chat/completions",
+        body(r#""max_tokens":1000,"n":100"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(r.text().contains("up to $0.100000000"), "{}", r.text());
+    // The control: a request the budget holds passes, charged no more than it used.
+    let r = post(
+        gw.addr,
+        "/v1/chat/completions",
+        body(r#""max_tokens":1000,"n":5"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Numbers no provider accepts are refused before anything is reserved or sent, not wrapped
+    // (u64::MAX + the input estimate wrapped to 33 tokens).
+    let sent = up.counters.calls.load(std::sync::atomic::Ordering::SeqCst);
+    for fields in [
+        r#""max_tokens":18446744073709551615"#,
+        r#""max_completion_tokens":2147483648"#,
+        r#""max_tokens":10,"n":0"#,
+        r#""max_tokens":10,"n":129"#,
+    ] {
+        let r = post(gw.addr, "/v1/chat/completions", body(fields)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{fields}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "invalid_value", "{fields}");
+    }
+    assert_eq!(
+        up.counters.calls.load(std::sync::atomic::Ordering::SeqCst),
+        sent,
+        "a refused request reached the upstream"
+    );
+    gw.stop().await;
+}

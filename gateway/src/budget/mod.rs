@@ -440,6 +440,8 @@ pub struct Ask<'a> {
     /// The request body's length: the input estimate.
     pub body_len: usize,
     pub max_tokens: Option<u64>,
+    /// Choices the answer has (OpenAI `n`): each may reach `max_tokens`.
+    pub choices: u64,
     /// False for embeddings: no output tokens.
     pub generates: bool,
     /// Budgets the policy decision set.
@@ -578,11 +580,20 @@ impl Budgets {
         }
     }
 
-    /// The worst case of a call: (input tokens estimated from the body, output tokens).
-    fn worst_case(&self, body_len: usize, max_tokens: Option<u64>, generates: bool) -> (u64, u64) {
+    /// The worst case of a call: (input tokens estimated from the body, output tokens): the
+    /// most any upstream may produce for the request as sent, every choice at its limit.
+    fn worst_case(
+        &self,
+        body_len: usize,
+        max_tokens: Option<u64>,
+        choices: u64,
+        generates: bool,
+    ) -> (u64, u64) {
         let input = (body_len as u64).div_ceil(self.config.bytes_per_token);
         let output = if generates {
-            max_tokens.unwrap_or(self.config.default_max_tokens)
+            max_tokens
+                .unwrap_or(self.config.default_max_tokens)
+                .saturating_mul(choices.max(1))
         } else {
             0
         };
@@ -598,6 +609,7 @@ impl Budgets {
         let (input, output) = self.worst_case(
             call.body.len(),
             v.max_tokens,
+            v.choices,
             v.surface != lattice_providers::Surface::Embeddings,
         );
         let nano = price.cost(&Usage {
@@ -640,11 +652,12 @@ impl Budgets {
             model,
             body_len,
             max_tokens,
+            choices,
             generates,
             from_policy,
         } = *call;
         let price = self.price(upstream, model)?;
-        let (estimated_input, output) = self.worst_case(body_len, max_tokens, generates);
+        let (estimated_input, output) = self.worst_case(body_len, max_tokens, choices, generates);
         let worst = Usage {
             input: estimated_input,
             output,

@@ -62,10 +62,12 @@ impl TryFrom<RawPrice> for Price {
 impl Price {
     /// The cost of `usage`, in nano-dollars, rounded up.
     pub fn cost(&self, u: &Usage) -> u64 {
-        let pico = u128::from(u.input) * u128::from(self.input)
-            + u128::from(u.output) * u128::from(self.output)
-            + u128::from(u.cached_input) * u128::from(self.cached_input)
-            + u128::from(u.cache_write) * u128::from(self.cache_write);
+        // Each product fits in u128; their sum may not: saturate, never wrap.
+        let part = |n: u64, p: u64| u128::from(n) * u128::from(p);
+        let pico = part(u.input, self.input)
+            .saturating_add(part(u.output, self.output))
+            .saturating_add(part(u.cached_input, self.cached_input))
+            .saturating_add(part(u.cache_write, self.cache_write));
         u64::try_from(pico.div_ceil(1000)).unwrap_or(u64::MAX)
     }
 }
@@ -157,6 +159,30 @@ mod tests {
         let t = PriceTable::new(&[("azure/gpt-4o".into(), cheap)]).unwrap();
         assert_eq!(t.get("azure", "gpt-4o"), Some(cheap));
         assert_eq!(t.get("openai", "gpt-4o").unwrap().input, 2_500_000);
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_wrapping() {
+        let p = Price {
+            input: u64::MAX,
+            output: u64::MAX,
+            cached_input: u64::MAX,
+            cache_write: u64::MAX,
+        };
+        let u = Usage {
+            input: u64::MAX,
+            output: u64::MAX,
+            cached_input: u64::MAX,
+            cache_write: u64::MAX,
+        };
+        assert_eq!(p.cost(&u), u64::MAX);
+        assert_eq!(u.tokens(), u64::MAX);
+        let one_more = Usage {
+            input: u64::MAX,
+            output: 34,
+            ..Usage::default()
+        };
+        assert_eq!(one_more.tokens(), u64::MAX, "u64::MAX + 34 wrapped to 33");
     }
 
     #[test]

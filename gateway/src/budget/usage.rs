@@ -33,7 +33,11 @@ fn is_zero(n: &u64) -> bool {
 
 impl Usage {
     pub fn tokens(&self) -> u64 {
-        self.input + self.output + self.cached_input + self.cache_write
+        // Saturating: an upstream's (or a request's) numbers must not wrap a budget around.
+        self.input
+            .saturating_add(self.output)
+            .saturating_add(self.cached_input)
+            .saturating_add(self.cache_write)
     }
 }
 

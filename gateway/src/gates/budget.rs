@@ -30,6 +30,7 @@ impl Gate for BudgetGate {
             model,
             body_len: call.body.len(),
             max_tokens: v.max_tokens,
+            choices: v.choices,
             generates: v.surface != Surface::Embeddings,
             from_policy: &call.budget_obligations,
         };
