@@ -154,12 +154,16 @@ struct Loc {
 
 #[derive(Default)]
 struct Session {
-    /// The principal of the session's first event: who may read it.
-    owner: String,
-    events: Vec<Loc>,
+    /// The principals that wrote into the session, the first (its owner: who may read it all)
+    /// first; each event names its writer by position here.
+    writers: Vec<String>,
+    events: Vec<(Loc, u16)>,
     /// The latest compaction boundary: where a client's context was last summarised.
     compaction: Option<u64>,
 }
+
+/// The writer index of events by a principal past the first 65,535 of a session.
+const OTHER_WRITER: u16 = u16::MAX;
 
 #[derive(Default)]
 struct Index {
@@ -171,19 +175,27 @@ struct Index {
 /// deleted: the boundary only tells a client where to resume reading.
 pub const COMPACTION: &str = "session.compaction";
 
+/// The event kind the log writes on open when recovery set a tail aside or skipped damage.
+pub const RECOVERY: &str = "audit.recovery";
+
 impl Index {
     fn add(&mut self, event: &Event, loc: Loc) {
         if event.session.is_empty() {
             return;
         }
         let s = self.sessions.entry(event.session.clone()).or_default();
-        if s.events.is_empty() {
-            s.owner = event.principal.clone();
-        }
+        let who = match s.writers.iter().position(|w| *w == event.principal) {
+            Some(i) => i as u16,
+            None if s.writers.len() < OTHER_WRITER as usize => {
+                s.writers.push(event.principal.clone());
+                (s.writers.len() - 1) as u16
+            }
+            None => OTHER_WRITER,
+        };
         if event.kind == COMPACTION {
             s.compaction = Some(loc.seq);
         }
-        s.events.push(loc);
+        s.events.push((loc, who));
     }
 }
 
@@ -267,9 +279,34 @@ impl AuditLog {
             last_sync: Instant::now(),
             buf: Vec::with_capacity(64 << 10),
         };
+        // What recovery set aside or skipped goes into the chain itself, sealed, as the writer's
+        // first write: a tail moved out of the log is visible in it, not only in a side file.
+        let r = &recovered.report;
+        let first = (r.torn_tail.is_some() || !r.skipped.is_empty()).then(|| Event {
+            kind: RECOVERY.into(),
+            session: String::new(),
+            principal: String::new(),
+            payload: serde_json::json!({
+                "set_aside": r.torn_tail.as_ref().map(|(bytes, file)| serde_json::json!({"file": file, "bytes": bytes})),
+                "unsealed_records": r.unsealed_records,
+                "skipped": r.skipped,
+                "seals_vouch_from": r.base,
+            })
+            .to_string()
+            .into_bytes(),
+        });
         let handle = std::thread::Builder::new()
             .name("lattice-audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                if let Some(event) = first {
+                    writer.commit(&mut vec![Request {
+                        event,
+                        ack: None,
+                        durable: true,
+                    }]);
+                }
+                writer.run(rx)
+            })
             .map_err(io)?;
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
@@ -341,7 +378,6 @@ impl AuditLog {
         ack: Option<tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>>,
         durable: bool,
     ) -> Result<(), AuditError> {
-        event.validate().map_err(|e| AuditError::Invalid(e.to_string()))?;
         if event.kind.starts_with(seal::RESERVED_PREFIX) {
             return Err(AuditError::Invalid(format!(
                 "event kind {:?}: kinds starting with {:?} are written by the log itself",
@@ -349,6 +385,7 @@ impl AuditLog {
                 seal::RESERVED_PREFIX
             )));
         }
+        event.validate().map_err(|e| AuditError::Invalid(e.to_string()))?;
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(AuditError::Unavailable(self.failure().unwrap_or_default()));
         }
@@ -369,11 +406,36 @@ impl AuditLog {
         index
             .sessions
             .get(session)
-            .map(|s| (s.owner.clone(), s.compaction))
+            .map(|s| (s.writers.first().cloned().unwrap_or_default(), s.compaction))
+    }
+
+    /// Whether `principal` wrote into `session` (as its owner or by delegation).
+    pub fn session_writer(&self, session: &str, principal: &str) -> bool {
+        self.shared
+            .index
+            .read()
+            .ok()
+            .and_then(|i| {
+                i.sessions
+                    .get(session)
+                    .map(|s| s.writers.iter().any(|w| w == principal))
+            })
+            .unwrap_or(false)
     }
 
     /// Up to `limit` events of `session` with a sequence number above `after`, in order.
     pub fn session_events(&self, session: &str, after: u64, limit: usize) -> Result<Vec<Record>, AuditError> {
+        self.session_events_by(session, after, limit, None)
+    }
+
+    /// [`AuditLog::session_events`], only those `by` wrote when it is given.
+    pub fn session_events_by(
+        &self,
+        session: &str,
+        after: u64,
+        limit: usize,
+        by: Option<&str>,
+    ) -> Result<Vec<Record>, AuditError> {
         let (locs, names): (Vec<Loc>, Vec<String>) = {
             let index = self
                 .shared
@@ -383,8 +445,20 @@ impl AuditLog {
             let Some(s) = index.sessions.get(session) else {
                 return Ok(Vec::new());
             };
-            let from = s.events.partition_point(|l| l.seq <= after);
-            let locs: Vec<Loc> = s.events[from..].iter().take(limit).copied().collect();
+            let from = s.events.partition_point(|(l, _)| l.seq <= after);
+            let who = match by {
+                None => None,
+                Some(p) => match s.writers.iter().position(|w| w == p) {
+                    Some(i) => Some(i as u16),
+                    None => return Ok(Vec::new()),
+                },
+            };
+            let locs: Vec<Loc> = s.events[from..]
+                .iter()
+                .filter(|(_, w)| who.is_none_or(|who| *w == who))
+                .take(limit)
+                .map(|(l, _)| *l)
+                .collect();
             let names = locs
                 .iter()
                 .map(|l| index.segments[l.segment as usize].clone())

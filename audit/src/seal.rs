@@ -56,7 +56,12 @@ fn message(base: u64, seq: u64, time_ns: u64, head: &[u8; 32]) -> [u8; 21 + 24 +
     m
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+/// A seal's payload, byte for byte: `{"base":<decimal>,"sig":"<128 lower-case hex>"}`.
+fn payload(base: u64, signature: &[u8; 64]) -> Vec<u8> {
+    format!(r#"{{"base":{base},"sig":"{}"}}"#, hex(signature)).into_bytes()
+}
+
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Payload {
     base: u64,
@@ -100,16 +105,11 @@ impl Seal {
 
     /// The record that carries this seal (its `prev` must be `head`).
     pub fn event(&self) -> Event {
-        let payload = serde_json::to_vec(&Payload {
-            base: self.base,
-            sig: hex(&self.signature),
-        })
-        .unwrap_or_default();
         Event {
             kind: KIND.into(),
             session: String::new(),
             principal: String::new(),
-            payload,
+            payload: payload(self.base, &self.signature),
         }
     }
 
@@ -129,6 +129,12 @@ impl Seal {
             let signature = unhex::<64>(&p.sig).ok_or("the seal's signature is not 128 hex digits")?;
             if p.base == 0 || p.base >= r.seq {
                 return Err(format!("the seal's base {} is not in 1..{}", p.base, r.seq));
+            }
+            // The signature does not cover the payload's bytes, only what they say: one spelling
+            // only, or a keyless editor could respell the last seal (which no later record
+            // chains) and still verify.
+            if r.event.payload != payload(p.base, &signature) {
+                return Err("the seal's payload is not in its one canonical form".into());
             }
             Ok(Seal {
                 seq: r.seq,
@@ -319,9 +325,12 @@ impl<'k> Coverage<'k> {
             if problem.is_ok() {
                 problem = closed;
             }
-            if problem.is_ok() && seal.base > self.sealed + 1 {
+            // The previous epoch's last seal record vouches for itself (every byte of it is
+            // signed or fixed); what lies between it and the new base is vouched by nobody.
+            let last_seal = self.epochs.last().map_or(0, |e| e.last.seq);
+            if problem.is_ok() && seal.base > last_seal + 1 {
                 problem = Err(Uncovered::Gap {
-                    from: self.sealed + 1,
+                    from: last_seal + 1,
                     to: seal.base - 1,
                 });
             }
@@ -424,5 +433,16 @@ mod tests {
         assert!(matches!(Seal::of(&bad), Some(Err(_))));
         bad.event = Seal::sign(&key, 0, 42, 1_000, [9u8; 32]).event();
         assert!(matches!(Seal::of(&bad), Some(Err(_))));
+        // The same fields spelt another way: refused, though the signature would verify.
+        for respelt in [
+            format!(r#"{{"base": 1, "sig": "{}"}}"#, hex(&s.signature)),
+            format!(r#"{{"sig":"{}","base":1}}"#, hex(&s.signature)),
+            format!(r#"{{"base":1,"sig":"{}"}} "#, hex(&s.signature)),
+            format!(r#"{{"base":1,"sig":"{}"}}"#, hex(&s.signature).to_uppercase()),
+        ] {
+            bad.event = s.event();
+            bad.event.payload = respelt.clone().into_bytes();
+            assert!(matches!(Seal::of(&bad), Some(Err(_))), "{respelt}");
+        }
     }
 }

@@ -400,8 +400,8 @@ fn a_torn_tail_is_cut_and_kept_aside() {
     let (cut, aside) = log.recovery().torn_tail.clone().expect("a torn tail");
     assert_eq!(cut as usize, torn.len() / 2);
     assert_eq!(storage.read(&aside).unwrap(), torn[..torn.len() / 2]);
-    // Three events and their three seals.
-    assert_eq!(log.append_blocking(event("s", 5)).unwrap().seq, 7);
+    // Three events and their three seals, then the recovery record and its seal.
+    assert_eq!(log.append_blocking(event("s", 5)).unwrap().seq, 9);
 }
 
 #[test]
@@ -726,8 +726,9 @@ fn a_restart_does_not_launder_a_forged_log() {
     // Told to start anyway, the gateway writes on, but its seals vouch only for what it writes.
     let log = open(true).unwrap();
     assert_eq!(log.recovery().base, 13);
+    // Its first write says what recovery skipped (records 13, 14); then the new call.
     let r = log.append_blocking(event("s", 7)).unwrap();
-    assert_eq!(r.seq, 13);
+    assert_eq!(r.seq, 15);
     assert_eq!(log.head().unwrap().base, 13);
     log.close();
     let storage = DiskStorage::open(dir.path()).unwrap();
@@ -766,11 +767,25 @@ fn an_unsealed_tail_is_set_aside_never_adopted() {
         .map(|r| r.event.payload)
         .collect();
     assert_eq!(seen.len(), 3, "an unsealed record was adopted");
-    // The chain goes on from the last seal.
-    assert_eq!(log.append_blocking(event("s", 4)).unwrap().seq, 7);
+    // The chain goes on from the last seal, with a sealed record of what was set aside.
+    assert_eq!(log.append_blocking(event("s", 4)).unwrap().seq, 9);
     log.close();
     let storage = DiskStorage::open(dir.path()).unwrap();
     assert_eq!(verify(&storage, &key_of(&dir)).unwrap().finding, None);
+    let mut recovery = Vec::new();
+    lattice_audit::verify::for_each_record(&storage, |r| {
+        if r.event.kind == lattice_audit::log::RECOVERY {
+            recovery.push((r.seq, String::from_utf8(r.event.payload).unwrap()));
+        }
+    })
+    .unwrap();
+    assert_eq!(recovery.len(), 1);
+    assert_eq!(recovery[0].0, 7);
+    assert!(
+        recovery[0].1.contains(r#""unsealed_records":2"#),
+        "{}",
+        recovery[0].1
+    );
 }
 
 #[test]

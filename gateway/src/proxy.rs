@@ -138,6 +138,7 @@ impl State {
                 budgets.clone(),
                 pii.clone(),
                 router.clone(),
+                audit.clone(),
             )?,
             router,
             pii,
@@ -462,11 +463,16 @@ fn session_access(
             "no such session",
         )
     })?;
-    let may = match &principal {
-        None => owner.is_empty(),
-        Some(p) => p.id == owner || p.roles.iter().any(|r| r == "admin"),
+    // The owner and admins read it all; a principal the policy let write into it (delegation)
+    // reads its own records only.
+    let (all, own) = match &principal {
+        None => (owner.is_empty(), false),
+        Some(p) => (
+            p.id == owner || p.roles.iter().any(|r| r == "admin"),
+            audit.session_writer(&id, &p.id),
+        ),
     };
-    if !may {
+    if !all && !own {
         let msg = "the session belongs to another principal";
         return Err(refusal(
             "sessions",
@@ -475,11 +481,13 @@ fn session_access(
             msg,
         ));
     }
+    let only = (!all).then(|| principal.as_ref().map(|p| p.id.clone())).flatten();
     Ok(SessionAccess {
         audit,
         id,
         principal,
         compaction,
+        only,
     })
 }
 
@@ -490,6 +498,8 @@ struct SessionAccess {
     principal: Option<Arc<Principal>>,
     /// Its latest compaction boundary.
     compaction: Option<u64>,
+    /// The only principal whose records the caller may see, when it may not see them all.
+    only: Option<String>,
 }
 
 /// `GET /v1/sessions/{id}/events?after=SEQ&limit=N`: a session's events in order, with its
@@ -531,6 +541,7 @@ async fn session_events(
         id,
         principal,
         compaction,
+        only,
     } = match session_access(state, conn, parts, "/events") {
         Ok(a) => a,
         Err(rej) => return reject(rej, dialect, rid, log),
@@ -545,8 +556,12 @@ async fn session_events(
     {
         return reject(Rejection::AuditUnavailable, dialect, rid, log);
     }
-    let read =
-        tokio::task::spawn_blocking(move || audit.session_events(&id, after, limit).map(|e| (id, e))).await;
+    let read = tokio::task::spawn_blocking(move || {
+        audit
+            .session_events_by(&id, after, limit, only.as_deref())
+            .map(|e| (id, e))
+    })
+    .await;
     let Ok(Ok((id, events))) = read else {
         return reject(Rejection::AuditUnavailable, dialect, rid, log);
     };
@@ -576,11 +591,25 @@ async fn session_compaction(
     log: Box<AccessLog>,
 ) -> Response<ResponseBody> {
     let SessionAccess {
-        audit, id, principal, ..
+        audit,
+        id,
+        principal,
+        only,
+        ..
     } = match session_access(state, conn, parts, "/compactions") {
         Ok(a) => a,
         Err(rej) => return reject(rej, dialect, rid, log),
     };
+    if only.is_some() {
+        // A delegate writes its calls into the session; only the owner marks its boundaries.
+        let msg = "only the session's owner (or an admin) records its compactions";
+        return reject(
+            refusal("sessions", StatusCode::FORBIDDEN, "session_forbidden", msg),
+            dialect,
+            rid,
+            log,
+        );
+    }
     if !serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object()) {
         let msg = "the body must be a JSON object describing the compaction";
         return reject(
@@ -724,13 +753,15 @@ async fn spend_report(
 }
 
 /// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
-/// characters, as request ids), else a new one, the request id.
-fn session_id(headers: &HeaderMap, rid: &HeaderValue) -> HeaderValue {
-    headers
-        .get(&X_LATTICE_SESSION)
-        .filter(|v| sane_id(v))
-        .unwrap_or(rid)
-        .clone()
+/// characters, as request ids), else a new one: a random UUID (not the request id, which a
+/// client may choose), so an assigned session cannot be guessed and named by another caller.
+fn session_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_LATTICE_SESSION).filter(|v| sane_id(v)) {
+        return v.clone();
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Serves one request. Never fails: every problem becomes a response in the client's dialect.
@@ -816,7 +847,7 @@ pub async fn handle(
         Err(rej) => return reject(rej, dialect, rid, log),
     };
     let dialect = surface.dialect();
-    log.session = session_id(&parts.headers, &rid);
+    log.session = session_id(&parts.headers);
     log.audit = state.audit.clone();
     if log.audit.is_some() {
         log.response_hash = Some(sha2::Digest::new());
@@ -859,6 +890,8 @@ pub async fn handle(
         pii_findings: Vec::new(),
         allowed_tools: None,
         tools_removed: Vec::new(),
+        session_owner: None,
+        session_shared: false,
         body_checked: false,
         model_lock: None,
         budget_obligations: Vec::new(),
@@ -869,6 +902,13 @@ pub async fn handle(
     log.principal = call.principal.clone();
     log.policy = call.policy_sha256.clone();
     if let Err(d) = checked {
+        // A call refused another principal's session leaves no record in it (nor an echo of it).
+        let session = if d.code == crate::gates::session::FORBIDDEN {
+            log.session = HeaderValue::from_static("");
+            ""
+        } else {
+            session
+        };
         // A denial is recorded, durably, before it is answered.
         if let Some(audit) = &state.audit {
             let event = crate::gates::audit::decision(&call, session, &bytes, Some(&d), None, None);

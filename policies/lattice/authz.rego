@@ -99,7 +99,17 @@ models := {"model_lock": {"models": team.models}} if {
 	team.models
 } else := {}
 
-obligations := object.union(object.union(lock, tools), models)
+# Delegation: agents of one team may write into each other's sessions (each reads only its own
+# records there; the owner reads all). Another team's session stays refused.
+sessions := {"session_shared": true} if {
+	has_principal
+	owner := input.request.session_owner
+	is_object(owner)
+	owner.team == team_name
+	team_name != ""
+} else := {}
+
+obligations := object.union(object.union(object.union(lock, tools), models), sessions)
 
 # --- The decision. --------------------------------------------------------------------------
 

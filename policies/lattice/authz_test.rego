@@ -85,3 +85,24 @@ test_null_team_is_denied if {
 	not d.allow
 	d.reasons == {"team \"\" has no access to models"}
 }
+
+in_session(team, owner_team) := object.union(call(team, [], "demo", [], weekday), {"request": {
+	"surface": "chat.completions", "model": "demo", "provider": "mock", "tools": [],
+	"session": "s-1", "session_owner": {"id": "p0", "user": "u0", "team": owner_team},
+}})
+
+test_a_teams_agents_share_sessions if {
+	d := authz.decision with input as in_session("research", "research")
+	d.allow
+	d.obligations.session_shared == true
+}
+
+test_another_teams_session_is_not_shared if {
+	d := authz.decision with input as in_session("research", "support")
+	not d.obligations.session_shared
+}
+
+test_an_own_or_new_session_needs_no_sharing if {
+	d := authz.decision with input as call("research", [], "demo", [], weekday)
+	not d.obligations.session_shared
+}

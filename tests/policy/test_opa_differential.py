@@ -178,6 +178,9 @@ def request_doc(model: str, tools: Any, i: int) -> dict:
         "max_tokens": 512 if i % 2 else None,
         "tools": tools,
         "session": f"s-{i}",
+        # Another principal's session (delegation within a team), none, or null.
+        "session_owner": [ABSENT, None, {"id": "p0", "user": "u0", "team": "research"},
+                          {"id": "p0", "user": "u0", "team": "support"}, {"id": "p0", "user": "u0", "team": ""}][i % 5],
         "estimated_cost_usd": 0.0123,
     }
     return {k: v for k, v in req.items() if v is not ABSENT}

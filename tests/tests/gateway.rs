@@ -1453,13 +1453,28 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
     )
     .await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
-    // No session given: the gateway assigns one (the request id) and says so.
-    let r = send(
-        gw.addr,
-        chat(&[("authorization", &format!("Bearer {ana}"))], CHAT),
-    )
-    .await;
-    assert_eq!(r.headers["x-lattice-session"], r.headers["x-request-id"]);
+    // No session given: the gateway assigns one (a random UUID, not the request id a client
+    // may choose) and says so.
+    let mut assigned = Vec::new();
+    for _ in 0..2 {
+        let r = send(
+            gw.addr,
+            chat(
+                &[
+                    ("authorization", &format!("Bearer {ana}")),
+                    ("x-request-id", "same-id"),
+                ],
+                CHAT,
+            ),
+        )
+        .await;
+        assigned.push(r.headers["x-lattice-session"].to_str().unwrap().to_string());
+    }
+    let (one, two) = (&assigned[0], &assigned[1]);
+    assert!(
+        one != two && one != "same-id" && one.len() == 36 && one.matches('-').count() == 4,
+        "{one} {two}"
+    );
 
     let read = |key: &str, query: &str| {
         let path = format!("/v1/sessions/s-ana/events{query}");
@@ -1665,4 +1680,145 @@ async fn when_the_audit_log_cannot_sync_calls_are_refused_never_unrecorded() {
         "{}",
         ready.text()
     );
+}
+
+/// A key of `team` for `user`, and its principal id.
+fn key_for(store: &mut lattice_gateway::keys::KeyStore, user: &str, team: &str) -> (String, String) {
+    let (rec, key) = store.create(user, team, &[], None).unwrap();
+    (key, rec.id.clone())
+}
+
+/// The principals whose records a session read returns.
+async fn writers_seen(gw: &TestGateway, key: &str, session: &str) -> (StatusCode, Vec<String>) {
+    let r = send(
+        gw.addr,
+        request(
+            Method::GET,
+            &format!("/v1/sessions/{session}/events"),
+            &[("authorization", &format!("Bearer {key}"))],
+            "",
+        ),
+    )
+    .await;
+    let who = r.json()["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["principal"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (r.status, who)
+}
+
+#[tokio::test]
+async fn a_session_is_its_creators_no_other_tenant_squats_or_writes_into_it() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let (ana, ana_id) = key_for(&mut store, "ana", "research");
+    let (ari, ari_id) = key_for(&mut store, "ari", "research");
+    let (eve, eve_id) = key_for(&mut store, "eve", "rivals");
+    // The policy shares a session with agents of its owner's team: the documented input field
+    // `request.session_owner` and the `session_shared` obligation.
+    let pol = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pol.path().join("p.rego"),
+        r#"package lattice.authz
+import rego.v1
+shared := {"session_shared": true} if input.request.session_owner.team == input.principal.team else := {}
+decision := {"allow": true, "reasons": [], "obligations": shared}
+"#,
+    )
+    .unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n[authorization]\npolicy_dir = \"{}\"\n{}",
+        data.path().display(),
+        pol.path().display(),
+        config(up.addr, "", "")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let call = |key: &str, session: &str| {
+        chat(
+            &[
+                ("authorization", &format!("Bearer {key}")),
+                ("x-lattice-session", session),
+            ],
+            CHAT,
+        )
+    };
+    let sent = || up.recorded().len();
+
+    // (b) Writing into another tenant's session: refused before anything goes upstream, in the
+    // client's dialect, and nothing of it lands in the session.
+    assert_eq!(send(gw.addr, call(&ana, "s-1")).await.status, StatusCode::OK);
+    let before = sent();
+    let r = send(gw.addr, call(&eve, "s-1")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "session_forbidden");
+    assert!(r.headers.get("x-lattice-session").is_none());
+    let r = send(
+        gw.addr,
+        messages(
+            &[("x-api-key", &eve), ("x-lattice-session", "s-1")],
+            r#"{"model":"claude-3-5-haiku","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["type"].as_str()),
+        (StatusCode::FORBIDDEN, Some("error"))
+    );
+    assert_eq!(sent(), before, "a refused call reached the upstream");
+    let (status, who) = writers_seen(&gw, &ana, "s-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!who.is_empty() && who.iter().all(|w| *w == ana_id), "{who:?}");
+
+    // (a) Squatting: eve names a session first; ana's call into it is refused, so eve never
+    // reads a record of ana's.
+    assert_eq!(send(gw.addr, call(&eve, "s-2")).await.status, StatusCode::OK);
+    let r = send(gw.addr, call(&ana, "s-2")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let (_, who) = writers_seen(&gw, &eve, "s-2").await;
+    assert!(who.iter().all(|w| *w == eve_id), "{who:?}");
+
+    // Delegation the policy allows (same team): ari writes into ana's session, reads only its
+    // own records there, and may not mark its compactions; ana reads all of it.
+    assert_eq!(send(gw.addr, call(&ari, "s-1")).await.status, StatusCode::OK);
+    let (status, who) = writers_seen(&gw, &ari, "s-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!who.is_empty() && who.iter().all(|w| *w == ari_id), "{who:?}");
+    let (_, who) = writers_seen(&gw, &ana, "s-1").await;
+    assert!(who.contains(&ana_id) && who.contains(&ari_id), "{who:?}");
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1/sessions/s-1/compactions",
+            &[("authorization", &format!("Bearer {ari}"))],
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Eve still reads nothing of it.
+    assert_eq!(writers_seen(&gw, &eve, "s-1").await.0, StatusCode::FORBIDDEN);
+
+    // The refusals are audited, outside the session they named.
+    let log = lattice_audit::DiskStorage::open(&data.path().join("audit")).unwrap();
+    let mut refused = Vec::new();
+    lattice_audit::verify::for_each_record(&log, |r| {
+        if r.event.kind == "call.decision"
+            && String::from_utf8_lossy(&r.event.payload).contains("session_forbidden")
+        {
+            refused.push(r.event.session.clone());
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        refused,
+        ["", "", ""],
+        "a refused call's record landed in a session"
+    );
+    gw.stop().await;
 }

@@ -92,6 +92,17 @@ fn input(call: &Call<'_>, budgets: Option<&crate::budget::Budgets>) -> Value {
         ("max_tokens", v.max_tokens.map_or(Value::Null, Value::from)),
         ("tools", strs(v.tools.iter().map(|t| t.as_ref()))),
         ("session", Value::from(call.session)),
+        // Null unless another principal owns the session (it is new, or the caller's).
+        (
+            "session_owner",
+            call.session_owner.as_ref().map_or(Value::Null, |o| {
+                obj(vec![
+                    ("id", Value::from(o.id.as_str())),
+                    ("user", Value::from(o.user.as_str())),
+                    ("team", Value::from(o.team.as_str())),
+                ])
+            }),
+        ),
         // The worst case the budget gate will reserve; null without budgets or a price.
         (
             "estimated_cost_usd",
@@ -165,6 +176,9 @@ impl Gate for Authorization {
                     let allowed = crate::content::tools::AllowedTools::from_obligation(t)
                         .ok_or_else(|| invalid("allowed_tools"))?;
                     call.allowed_tools = Some(Arc::new(allowed));
+                }
+                if let Some(s) = d.obligations.get("session_shared") {
+                    call.session_shared = s.as_bool().ok_or_else(|| invalid("session_shared"))?;
                 }
                 if let Some(l) = d.obligations.get("model_lock") {
                     call.model_lock = Some(

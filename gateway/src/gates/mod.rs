@@ -16,6 +16,7 @@ pub mod identity;
 pub mod model_lock;
 pub mod pii;
 pub mod ratelimit;
+pub mod session;
 pub mod tools;
 
 use std::borrow::Cow;
@@ -90,6 +91,11 @@ pub struct Call<'a> {
     pub allowed_tools: Option<Arc<crate::content::tools::AllowedTools>>,
     /// Tools the tool gate took out of the request (`[tools] offered = "filter"`).
     pub tools_removed: Vec<Box<str>>,
+    /// The owner of the session the call names, when that is another principal (set by the
+    /// session gate before authorization, for the policy input).
+    pub session_owner: Option<session::Owner>,
+    /// The policy's `session_shared` obligation: the call may write into that session.
+    pub session_shared: bool,
     /// The body passed [`crate::content::strict::check`] (done once, by the first content
     /// gate that reads it).
     pub body_checked: bool,
@@ -174,6 +180,7 @@ impl Pipeline {
         budgets: Option<Arc<crate::budget::Budgets>>,
         pii: Option<Arc<crate::content::Pii>>,
         router: Arc<crate::router::Router>,
+        audit: Option<Arc<lattice_audit::AuditLog>>,
     ) -> Result<Pipeline, String> {
         let mut gates: Vec<Box<dyn Gate>> = Vec::new();
         // Identity (mTLS, API keys, JWT) comes first: every later gate decides about a principal.
@@ -181,10 +188,19 @@ impl Pipeline {
         if let Some(g) = &identity {
             gates.push(Box::new(g.clone()));
         }
+        // Who owns the session the call names (sessions live in the audit log), for the policy.
+        if let Some(a) = &audit {
+            gates.push(Box::new(session::SessionOwner(a.clone())));
+        }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
         let authorized = policy.is_some();
         if let Some(store) = policy {
             gates.push(Box::new(authz::Authorization::new(store, budgets.clone())));
+        }
+        // Another principal's session is refused unless the policy shared it (before any
+        // constraint gate counts the call).
+        if audit.is_some() {
+            gates.push(Box::new(session::SessionAccess));
         }
         // Constraints: the static deny list is the first (a static rule is the cheapest check),
         // the model lock next, then rate limits, the tool gate and PII (content: the tool gate
