@@ -353,8 +353,26 @@ struct RawServer {
     header_read_timeout_ms: u64,
     #[serde(default = "default_body_timeout")]
     body_read_timeout_ms: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_h2_ping_interval")]
+    http2_keep_alive_interval_ms: u64,
+    #[serde(default = "default_h2_ping_timeout")]
+    http2_keep_alive_timeout_ms: u64,
     #[serde(default)]
     tls: Option<RawTls>,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_h2_ping_interval() -> u64 {
+    20_000
+}
+
+fn default_h2_ping_timeout() -> u64 {
+    10_000
 }
 
 fn default_max_body() -> u64 {
@@ -513,6 +531,11 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Deadline for the whole request body once the headers are in.
     pub body_read_timeout: Duration,
+    /// Open client connections at most; past it, new ones wait in the listen queue.
+    pub max_connections: usize,
+    /// HTTP/2: a ping this often, and the connection closed when one is not answered in time.
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
     pub tls: Option<TlsConfig>,
 }
 
@@ -614,6 +637,15 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
     })?;
     if raw.server.max_body_bytes == 0 {
         return Err(bad("server.max_body_bytes", "must be greater than 0".into()));
+    }
+    if raw.server.max_connections == 0 {
+        return Err(bad("server.max_connections", "must be greater than 0".into()));
+    }
+    if raw.server.http2_keep_alive_interval_ms == 0 || raw.server.http2_keep_alive_timeout_ms == 0 {
+        return Err(bad(
+            "server.http2_keep_alive_interval_ms",
+            "the HTTP/2 keep-alive interval and timeout must be greater than 0".into(),
+        ));
     }
     if raw.server.header_read_timeout_ms == 0 {
         return Err(bad(
@@ -830,6 +862,9 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             max_body_bytes: raw.server.max_body_bytes,
             header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(raw.server.body_read_timeout_ms),
+            max_connections: raw.server.max_connections,
+            http2_keep_alive_interval: Duration::from_millis(raw.server.http2_keep_alive_interval_ms),
+            http2_keep_alive_timeout: Duration::from_millis(raw.server.http2_keep_alive_timeout_ms),
             tls,
         },
         log: LogConfig {

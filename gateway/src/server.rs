@@ -3,6 +3,16 @@
 //! Plain listeners speak HTTP/1.1 and HTTP/2 with prior knowledge (h2c); TLS listeners pick by
 //! ALPN. `TCP_NODELAY` is set on every accepted socket (without it a new-connection request
 //! waited 43 ms for a delayed ACK here).
+//!
+//! No connection is held open by a client that does not speak: every stage has a deadline.
+//! The TLS handshake and the protocol detection of a plain connection (the first bytes, up to
+//! the 24-byte HTTP/2 preface) must finish within `header_read_timeout`; HTTP/1.1 then bounds
+//! each request head, and the idle time between requests, by the same deadline (hyper's
+//! header-read timer); HTTP/2 pings the client every `http2_keep_alive_interval` and closes the
+//! connection when a ping goes unanswered for `http2_keep_alive_timeout` (a peer that stops
+//! mid-frame or never finishes its headers stops answering too). At most `max_connections` are
+//! open at once: past it the listener stops accepting (new connections wait in the kernel's
+//! queue) until one closes, which the deadlines above guarantee happens.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,10 +38,12 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     builders: Arc<Builders>,
+    /// One permit per open connection.
+    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 struct Builders {
-    auto: auto::Builder<TokioExecutor>,
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
 }
@@ -96,11 +108,13 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(config.server.header_read_timeout)
             .keep_alive(true);
-        b.http2().timer(TokioTimer::new());
+        b.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(config.server.http2_keep_alive_interval))
+            .keep_alive_timeout(config.server.http2_keep_alive_timeout);
         let builders = Builders {
             h1: b.clone().http1_only(),
-            h2: b.clone().http2_only(),
-            auto: b,
+            h2: b.http2_only(),
         };
 
         Ok(Server {
@@ -110,6 +124,8 @@ impl Server {
             tls,
             handshake_timeout: config.server.header_read_timeout,
             builders: Arc::new(builders),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            max_connections: config.server.max_connections,
         })
     }
 
@@ -135,7 +151,28 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>, drain: Duration) {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let mut at_cap_logged = false;
         loop {
+            // A connection slot first: at the cap, stop accepting until a connection closes.
+            let permit = match self.connections.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if !at_cap_logged {
+                        tracing::warn!(
+                            max_connections = self.max_connections,
+                            "at the connection limit: new connections wait until one closes"
+                        );
+                        at_cap_logged = true;
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        p = self.connections.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             let (sock, remote) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
@@ -154,8 +191,12 @@ impl Server {
             let builders = self.builders.clone();
             let tls = self.tls.clone();
             let handshake_timeout = self.handshake_timeout;
+            if self.connections.available_permits() > 0 {
+                at_cap_logged = false;
+            }
             tokio::spawn(async move {
                 serve_conn(sock, remote, state, builders, tls, handshake_timeout, watcher).await;
+                drop(permit);
             });
         }
         drop(self.listener);
@@ -175,6 +216,19 @@ async fn serve_conn(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let Some(acceptor) = tls else {
+        // Which protocol: the first bytes decide, within the deadline.
+        let (h2, sock) = match tokio::time::timeout(handshake_timeout, detect(sock)).await {
+            Ok(Ok(Some(d))) => d,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "no request within the header read timeout: closed");
+                return;
+            }
+        };
         let conn = Arc::new(ConnInfo {
             remote: Some(remote),
             tls: false,
@@ -182,8 +236,9 @@ async fn serve_conn(
             mtls_principal: Default::default(),
         });
         let svc = service(state, conn);
+        let builder = if h2 { &builders.h2 } else { &builders.h1 };
         let _ = watcher
-            .watch(builders.auto.serve_connection(TokioIo::new(sock), svc))
+            .watch(builder.serve_connection(TokioIo::new(sock), svc))
             .await;
         return;
     };
@@ -214,6 +269,96 @@ async fn serve_conn(
     let _ = watcher
         .watch(builder.serve_connection(TokioIo::new(stream), svc))
         .await;
+}
+
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a plain connection's first bytes until they are the HTTP/2 preface (`true`) or cannot
+/// become it (`false`: HTTP/1.1); `None` when the client closes first. The bytes read are
+/// handed back in front of the stream.
+async fn detect(mut sock: TcpStream) -> std::io::Result<Option<(bool, Prefixed<TcpStream>)>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < buf.len() && H2_PREFACE.starts_with(&buf[..n]) {
+        let read = sock.read(&mut buf[n..]).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        n += read;
+    }
+    let h2 = n == buf.len() && &buf == H2_PREFACE;
+    Ok(Some((
+        h2,
+        Prefixed {
+            prefix: buf,
+            start: 0,
+            end: n,
+            inner: sock,
+        },
+    )))
+}
+
+/// A stream with bytes already read put back in front of it.
+struct Prefixed<S> {
+    prefix: [u8; H2_PREFACE.len()],
+    start: usize,
+    end: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.start < self.end {
+            let n = (self.end - self.start).min(out.remaining());
+            let from = self.start;
+            out.put_slice(&self.prefix[from..from + n]);
+            self.start += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn service(

@@ -587,6 +587,189 @@ async fn a_slow_client_is_dropped_after_the_header_timeout() {
     assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
 }
 
+/// Deadlines for every stage of a connection, short for the tests.
+const SILENT: &str =
+    "header_read_timeout_ms = 300\nhttp2_keep_alive_interval_ms = 300\nhttp2_keep_alive_timeout_ms = 300";
+
+/// The HTTP/2 preface, an empty SETTINGS frame, and a HEADERS frame of stream 1 without
+/// END_HEADERS (its CONTINUATION never comes).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: &[u8] = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+const HEADERS_OPEN: &[u8] = b"\x00\x00\x01\x01\x00\x00\x00\x00\x01\x82";
+
+/// Writes `bytes` and reads whatever comes (never answering a ping) until the gateway closes
+/// the connection: true if it did within `within`.
+async fn closed_within<S>(mut s: S, bytes: &[u8], within: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Each way a client can connect and then not speak, from no byte at all to an HTTP/2 HEADERS
+/// frame that never ends. Before, the first four were all still open after 5 s (the protocol
+/// detection had no deadline, and HTTP/2 none at all).
+fn silences() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("no byte", vec![]),
+        ("part of the HTTP/2 preface", PREFACE[..10].to_vec()),
+        ("the preface and SETTINGS", [PREFACE, SETTINGS].concat()),
+        (
+            "HEADERS without END_HEADERS",
+            [PREFACE, SETTINGS, HEADERS_OPEN].concat(),
+        ),
+        ("part of an HTTP/1.1 request line", b"POST /v1/chat".to_vec()),
+    ]
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_plain() {
+    let (_up, gw) = setup_with(Behavior::default(), SILENT, "").await;
+    for (what, bytes) in silences() {
+        let sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        assert!(
+            closed_within(sock, &bytes, Duration::from_secs(5)).await,
+            "{what}: still open"
+        );
+    }
+    // An HTTP/1.1 keep-alive connection that goes quiet after one answer is closed too.
+    let mut sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = r#"{"model":"demo","messages":[]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    sock.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(
+        closed_within(sock, b"", Duration::from_secs(5)).await,
+        "idle keep-alive: still open"
+    );
+    // And the gateway still serves.
+    assert_eq!(send(gw.addr, chat(&[], CHAT)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_tls() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    lattice_gateway::certs::init(dir.path(), false).unwrap();
+    let d = dir.path().display();
+    let gw = TestGateway::start(&config(
+        up.addr,
+        &format!("{SILENT}\n[server.tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\""),
+        "",
+    ))
+    .await;
+    // No handshake at all, and half of one.
+    let sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert!(
+        closed_within(sock, b"", Duration::from_secs(5)).await,
+        "no handshake: still open"
+    );
+    let sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert!(
+        closed_within(
+            sock,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            Duration::from_secs(5)
+        )
+        .await,
+        "half a ClientHello: still open"
+    );
+    let ca = dir.path().join("ca.pem");
+    for (alpn, silences) in [
+        (&b"h2"[..], silences()[2..4].to_vec()),
+        (
+            b"http/1.1",
+            vec![("no byte after the handshake", vec![]), silences()[4].clone()],
+        ),
+    ] {
+        for (what, bytes) in silences {
+            let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let tls = tls_client(&ca, None, alpn)
+                .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            assert!(
+                closed_within(tls, &bytes, Duration::from_secs(5)).await,
+                "TLS {what}: still open"
+            );
+        }
+    }
+    let c = tls_client(&ca, None, b"h2");
+    assert_eq!(
+        send_tls(gw.addr, &c, chat(&[], CHAT)).await.unwrap().1.status,
+        StatusCode::OK
+    );
+}
+
+/// Open descriptors of this process (the test and the in-process gateway).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn silent_sockets_hold_no_descriptors_and_the_cap_keeps_serving() {
+    let (_up, gw) = setup_with(
+        Behavior::default(),
+        &format!("{SILENT}\nmax_connections = 64"),
+        "",
+    )
+    .await;
+    let before = open_fds();
+    // Twice the cap of silent sockets: the gateway holds at most the cap, and frees them all.
+    let mut silent = Vec::new();
+    for _ in 0..128 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = open_fds().saturating_sub(before + 128);
+    assert!(
+        held <= 64 + 4,
+        "the gateway holds {held} connections, past its cap of 64"
+    );
+    // At the cap, a real client is still served (it waits for a slot the deadlines free).
+    let r = tokio::time::timeout(Duration::from_secs(10), send(gw.addr, chat(&[], CHAT)))
+        .await
+        .expect("a client at the connection cap was never served");
+    assert_eq!(r.status, StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Our own 128 ends stay open; the gateway's must be gone.
+        let held = open_fds().saturating_sub(before + 128);
+        if held <= 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway still holds {held} descriptors"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in silent.iter_mut() {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent socket was not closed"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_body_that_never_finishes_is_408() {
     let (up, gw) = setup_with(Behavior::default(), "body_read_timeout_ms = 300", "").await;
