@@ -10,6 +10,7 @@ pub mod budget;
 pub mod certs;
 pub mod config;
 pub mod content;
+pub mod framing;
 pub mod gates;
 pub mod hex;
 pub mod jwt;

@@ -196,6 +196,8 @@ enum Rejection {
     BodyTooLarge(u64),
     BodyRead,
     BodyTimeout(std::time::Duration),
+    /// HTTP/1.1 framing RFC 9112 does not allow (the connection is closed after the answer).
+    BadFraming(&'static str),
     BadRequest(ViewError),
     UnknownModel(String),
     DialectMismatch {
@@ -220,9 +222,10 @@ impl Rejection {
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::BodyRead | Rejection::BadRequest(_) | Rejection::DialectMismatch { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Rejection::BodyRead
+            | Rejection::BadRequest(_)
+            | Rejection::DialectMismatch { .. }
+            | Rejection::BadFraming(_) => StatusCode::BAD_REQUEST,
             Rejection::Denied(d) => d.status,
             Rejection::UpstreamConnect(_) | Rejection::UpstreamFailed(_) | Rejection::AnswerUnscanned(_) => {
                 StatusCode::BAD_GATEWAY
@@ -239,6 +242,7 @@ impl Rejection {
             Rejection::MethodNotAllowed(_) => "method_not_allowed",
             Rejection::BodyTooLarge(_) => "request_too_large",
             Rejection::BodyRead => "body_read_failed",
+            Rejection::BadFraming(_) => "invalid_framing",
             Rejection::BodyTimeout(_) => "request_timeout",
             Rejection::BadRequest(ViewError::Malformed(_)) => "invalid_json",
             Rejection::BadRequest(ViewError::OutOfRange(..)) => "invalid_value",
@@ -276,6 +280,9 @@ impl Rejection {
                 format!("the request body is larger than this gateway's limit of {limit} bytes").into()
             }
             Rejection::BodyRead => "the request body could not be read".into(),
+            Rejection::BadFraming(why) => {
+                format!("the request is not framed as HTTP/1.1 allows (RFC 9112): {why}").into()
+            }
             Rejection::BodyTimeout(d) => {
                 format!("the request body did not arrive within {} ms", d.as_millis()).into()
             }
@@ -793,6 +800,17 @@ pub async fn handle(
         outcome: Outcome::Complete,
     });
     let dialect = guess_dialect(&parts.headers);
+    // HTTP/1.1 framing the gateway refused (`crate::framing`): this is its stand-in request.
+    if let Some(why) = conn.framing.error() {
+        let dialect = endpoint(&parts.method, parts.uri.path())
+            .ok()
+            .and_then(|e| match e {
+                Endpoint::Call(s) => Some(s.dialect()),
+                _ => None,
+            })
+            .unwrap_or(dialect);
+        return reject(Rejection::BadFraming(why), dialect, rid, log);
+    }
     let surface = match endpoint(&parts.method, parts.uri.path()) {
         Ok(Endpoint::Call(s)) => s,
         Ok(Endpoint::Health) => {
@@ -857,10 +875,14 @@ pub async fn handle(
 
     // A body that trickles in is cut off (slow-body clients); one that has already arrived
     // never arms the timer, as `timeout` polls the read first.
-    let read = tokio::time::timeout(
-        state.body_timeout,
-        read_body(&parts.headers, body, state.max_body),
-    );
+    // A body whose chunked framing the gateway refuses ends the read with 400 (`crate::framing`).
+    let framed = async {
+        tokio::select! {
+            r = read_body(&parts.headers, body, state.max_body) => r,
+            why = conn.framing.failed() => Err(Rejection::BadFraming(why)),
+        }
+    };
+    let read = tokio::time::timeout(state.body_timeout, framed);
     let bytes = match read.await {
         Ok(Ok(b)) => b,
         Ok(Err(rej)) => return reject(rej, dialect, rid, log),
@@ -1460,6 +1482,9 @@ fn reject(
         }
         Rejection::MethodNotAllowed(allow) => {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        Rejection::BadFraming(_) => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         _ => {}
     }

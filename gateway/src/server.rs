@@ -234,12 +234,20 @@ async fn serve_conn(
             tls: false,
             peer_certs: None,
             mtls_principal: Default::default(),
+            framing: Default::default(),
         });
-        let svc = service(state, conn);
-        let builder = if h2 { &builders.h2 } else { &builders.h1 };
-        let _ = watcher
-            .watch(builder.serve_connection(TokioIo::new(sock), svc))
-            .await;
+        if h2 {
+            let svc = service(state, conn);
+            let _ = watcher
+                .watch(builders.h2.serve_connection(TokioIo::new(sock), svc))
+                .await;
+        } else {
+            let sock = crate::framing::Checked::new(sock, conn.framing.clone());
+            let svc = service(state, conn);
+            let _ = watcher
+                .watch(builders.h1.serve_connection(TokioIo::new(sock), svc))
+                .await;
+        }
         return;
     };
     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(sock)).await {
@@ -263,12 +271,20 @@ async fn serve_conn(
         tls: true,
         peer_certs,
         mtls_principal: Default::default(),
+        framing: Default::default(),
     });
-    let svc = service(state, conn);
-    let builder = if h2 { &builders.h2 } else { &builders.h1 };
-    let _ = watcher
-        .watch(builder.serve_connection(TokioIo::new(stream), svc))
-        .await;
+    if h2 {
+        let svc = service(state, conn);
+        let _ = watcher
+            .watch(builders.h2.serve_connection(TokioIo::new(stream), svc))
+            .await;
+    } else {
+        let stream = crate::framing::Checked::new(stream, conn.framing.clone());
+        let svc = service(state, conn);
+        let _ = watcher
+            .watch(builders.h1.serve_connection(TokioIo::new(stream), svc))
+            .await;
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 3.4).

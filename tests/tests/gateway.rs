@@ -770,6 +770,115 @@ async fn silent_sockets_hold_no_descriptors_and_the_cap_keeps_serving() {
     }
 }
 
+/// Writes `raw` on a fresh connection and reads until the gateway closes it (bounded).
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = sock.write_all(raw).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn http1_framing_rfc_9112_does_not_allow_is_400_and_never_forwarded() {
+    let (up, gw) = setup().await;
+    let body = CHAT.as_bytes();
+    let len = format!("content-length: {}\r\n", body.len());
+    let te = "transfer-encoding: chunked\r\n";
+    let chunked = |ext: &str| {
+        [
+            format!("{:x}{ext}\r\n", body.len()).as_bytes(),
+            body,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat()
+    };
+    let req = |head: &str, body: &[u8]| {
+        [
+            format!("POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n{head}\r\n")
+                .as_bytes(),
+            body,
+        ]
+        .concat()
+    };
+    // The control: well-framed, both ways, is served.
+    for ok in [
+        req(&format!("host: x\r\n{len}"), body),
+        req(&format!("host: x\r\n{te}"), &chunked(";a=\"b\"")),
+    ] {
+        let out = raw_exchange(
+            gw.addr,
+            &[
+                &ok[..],
+                b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            ]
+            .concat(),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    let served = up.recorded().len();
+    assert_eq!(served, 2);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Content-Length and Transfer-Encoding",
+            req(&format!("host: x\r\n{len}{te}"), &chunked("")),
+        ),
+        (
+            "chunked, chunked",
+            req("host: x\r\ntransfer-encoding: chunked, chunked\r\n", &chunked("")),
+        ),
+        (
+            "two Transfer-Encoding lines",
+            req(&format!("host: x\r\n{te}{te}"), &chunked("")),
+        ),
+        (
+            "gzip, chunked",
+            req("host: x\r\ntransfer-encoding: gzip, chunked\r\n", &chunked("")),
+        ),
+        (
+            "a control byte in a chunk extension",
+            req(&format!("host: x\r\n{te}"), &chunked(";a=\u{1}b")),
+        ),
+        (
+            "an unterminated quoted string",
+            req(&format!("host: x\r\n{te}"), &chunked(";a=\"b")),
+        ),
+        (
+            "a bare LF that splits a header",
+            req(&format!("host: x\r\nx-a: 1\n{len}"), body),
+        ),
+        ("HTTP/1.1 without Host", req(&len, body)),
+        (
+            "HTTP/1.1 with two Hosts",
+            req(&format!("host: x\r\nhost: y\r\n{len}"), body),
+        ),
+    ];
+    for (what, raw) in cases {
+        // A second, good request behind it on the same connection is not served either.
+        let raw = [&raw[..], &req(&format!("host: x\r\n{len}"), body)[..]].concat();
+        let out = raw_exchange(gw.addr, &raw).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        assert!(
+            out.contains("invalid_framing") && out.contains("RFC 9112"),
+            "{what}: {out}"
+        );
+        assert_eq!(
+            out.matches("x-request-id:").count(),
+            1,
+            "{what}: more than one answer: {out}"
+        );
+        assert_eq!(up.recorded().len(), served, "{what} reached the upstream");
+    }
+    // In the Anthropic dialect for its surface.
+    let raw = b"POST /v1/messages HTTP/1.1\r\nanthropic-version: 2023-06-01\r\ncontent-length: 2\r\n\r\n{}";
+    let out = raw_exchange(gw.addr, raw).await;
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains(r#""type":"error""#),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn a_body_that_never_finishes_is_408() {
     let (up, gw) = setup_with(Behavior::default(), "body_read_timeout_ms = 300", "").await;

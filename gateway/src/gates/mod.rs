@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub peer_certs: Option<Vec<CertificateDer<'static>>>,
     /// The principal the certificate maps to, derived once per connection.
     pub mtls_principal: std::sync::OnceLock<Option<Arc<Principal>>>,
+    /// HTTP/1.1: whether the connection's framing was refused (`crate::framing`).
+    pub framing: Arc<crate::framing::Framing>,
 }
 
 /// Who is calling: set by the identity gate, read by every later gate.

@@ -33,7 +33,7 @@ pub struct SessionOwner(pub Arc<lattice_audit::AuditLog>);
 
 impl Gate for SessionOwner {
     fn name(&self) -> &'static str {
-        NAME
+        "session_owner"
     }
 
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
