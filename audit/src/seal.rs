@@ -272,7 +272,7 @@ pub enum Uncovered {
     Gap { from: u64, to: u64 },
     /// The records `from..=to` are not the ones the seal at `seal` signed (or it is not this
     /// key's): the first seal of the epoch whose signature fails is `seal`, the one before it
-    /// (if any) verified at `from - 1`.
+    /// (if any) is record `from - 1`, and verifies.
     Forged { from: u64, to: u64, seal: u64 },
 }
 
@@ -321,18 +321,24 @@ impl<'k> Coverage<'k> {
                     expected: self.epoch.last().map_or(1, |l| l.base),
                 });
             }
-            let closed = self.close_epoch();
-            if problem.is_ok() {
-                problem = closed;
-            }
             // The previous epoch's last seal record vouches for itself (every byte of it is
             // signed or fixed); what lies between it and the new base is vouched by nobody.
-            let last_seal = self.epochs.last().map_or(0, |e| e.last.seq);
+            let last_seal = self
+                .epoch
+                .last()
+                .map(|s| s.seq)
+                .or_else(|| self.epochs.last().map(|e| e.last.seq))
+                .unwrap_or(0);
             if problem.is_ok() && seal.base > last_seal + 1 {
                 problem = Err(Uncovered::Gap {
                     from: last_seal + 1,
                     to: seal.base - 1,
                 });
+            }
+            // Then the epoch that ends here: its signature (the structural checks above first).
+            let closed = self.close_epoch();
+            if problem.is_ok() {
+                problem = closed;
             }
         }
         let added = seal.seq - 1 - self.sealed.min(seal.seq - 1);
@@ -353,9 +359,11 @@ impl<'k> Coverage<'k> {
             // Seals commit to the chain before them, so once one fails every later one does:
             // find the first that fails.
             let first_bad = self.epoch.partition_point(|s| s.verify(self.key));
+            // The last seal that verifies vouches for everything up to and including itself
+            // (all its bytes are signed or fixed): the rewrite begins after it.
             let from = match first_bad {
                 0 => last.base,
-                i => self.epoch[i - 1].seq,
+                i => self.epoch[i - 1].seq + 1,
             };
             let seal = self.epoch[first_bad.min(self.epoch.len() - 1)].seq;
             self.epoch.clear();

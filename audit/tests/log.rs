@@ -590,10 +590,10 @@ fn every_tamper_kind_is_detected_and_classified() {
 
     // Record 11 rewritten (a call's outcome changed) and everything after it re-chained, CRCs
     // and hashes right, without the key: the seals after it no longer verify; the one before it
-    // (record 10) still does, which places the rewrite.
+    // (record 10) still does, which places the rewrite at record 11.
     let mut edited = recs.clone();
     edited[10].event.payload = br#"{"n":5,"status":403}"#.to_vec();
-    assert_eq!(finding_after(&dir, &rechained(&edited)), (Damage::Forged, 10));
+    assert_eq!(finding_after(&dir, &rechained(&edited)), (Damage::Forged, 11));
 
     // ... and in addition every seal after it dropped (the log cut back to before the change,
     // then the edited record put back): the records past the last seal are reported.
@@ -603,7 +603,7 @@ fn every_tamper_kind_is_detected_and_classified() {
     // ... or its seal replaced by a copy of an older genuine seal (a replayed signature).
     let mut replay = edited[..12].to_vec();
     replay[11].event = recs[1].event.clone();
-    assert_eq!(finding_after(&dir, &rechained(&replay)), (Damage::Forged, 10));
+    assert_eq!(finding_after(&dir, &rechained(&replay)), (Damage::Forged, 11));
 
     // Every seal removed and the rest renumbered and re-chained: no signature covers anything.
     let unsigned = renumbered(
@@ -625,7 +625,7 @@ fn every_tamper_kind_is_detected_and_classified() {
     gone.remove(4);
     assert_eq!(
         finding_after(&dir, &rechained(&renumbered(gone))),
-        (Damage::Forged, 4)
+        (Damage::Forged, 5)
     );
 
     // Forged records appended after the last seal, chained correctly.
@@ -665,7 +665,7 @@ fn every_tamper_kind_is_detected_and_classified() {
         prev: [0; 32],
         hash: [0; 32],
     });
-    assert_eq!(finding_after(&dir, &rechained(&by_other)), (Damage::Forged, 20));
+    assert_eq!(finding_after(&dir, &rechained(&by_other)), (Damage::Forged, 21));
 
     // Verified against another key, the genuine log is a forgery.
     std::fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
@@ -734,7 +734,7 @@ fn a_restart_does_not_launder_a_forged_log() {
     let storage = DiskStorage::open(dir.path()).unwrap();
     let s = verify(&storage, &key_of(&dir)).unwrap();
     let f = s.finding.clone().expect("the forgery was laundered");
-    assert_eq!((f.damage, f.seq), (Damage::Forged, 4), "{s:?}");
+    assert_eq!((f.damage, f.seq), (Damage::Forged, 5), "{s:?}");
     // And it stays refused on the next plain start.
     assert!(open(false).is_err());
 }

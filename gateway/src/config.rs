@@ -355,6 +355,9 @@ struct RawServer {
     body_read_timeout_ms: u64,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    /// A second, plain listener serving `GET /metrics` only, without a key (for scrapers).
+    #[serde(default)]
+    metrics_listen: Option<String>,
     #[serde(default = "default_h2_ping_interval")]
     http2_keep_alive_interval_ms: u64,
     #[serde(default = "default_h2_ping_timeout")]
@@ -533,6 +536,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Open client connections at most; past it, new ones wait in the listen queue.
     pub max_connections: usize,
+    /// Where Prometheus scrapes `GET /metrics` without a key (a listener of its own).
+    pub metrics_listen: Option<SocketAddr>,
     /// HTTP/2: a ping this often, and the connection closed when one is not answered in time.
     pub http2_keep_alive_interval: Duration,
     pub http2_keep_alive_timeout: Duration,
@@ -638,6 +643,15 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
     if raw.server.max_body_bytes == 0 {
         return Err(bad("server.max_body_bytes", "must be greater than 0".into()));
     }
+    let metrics_listen = raw
+        .server
+        .metrics_listen
+        .as_deref()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|e| bad("server.metrics_listen", format!("\"{a}\" is not IP:PORT: {e}")))
+        })
+        .transpose()?;
     if raw.server.max_connections == 0 {
         return Err(bad("server.max_connections", "must be greater than 0".into()));
     }
@@ -863,6 +877,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(raw.server.body_read_timeout_ms),
             max_connections: raw.server.max_connections,
+            metrics_listen,
             http2_keep_alive_interval: Duration::from_millis(raw.server.http2_keep_alive_interval_ms),
             http2_keep_alive_timeout: Duration::from_millis(raw.server.http2_keep_alive_timeout_ms),
             tls,

@@ -400,14 +400,18 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
                     );
                     for e in &s.epochs {
                         println!(
-                            "signed: records {}..={} ({} records) by the seal at record {}; {} seals in all, each adding {}..={} records (one write)",
+                            "signed: records {}..={} ({} records) by the seal at record {} ({} seals)",
                             e.base,
                             e.last.covers(),
                             e.last.covers() + 1 - e.base,
                             e.last.seq,
                             e.seals,
-                            s.per_seal.0,
-                            s.per_seal.1
+                        );
+                    }
+                    if s.seals > 0 {
+                        println!(
+                            "each seal adds {}..={} records to what is signed (its write, and the seal before it)",
+                            s.per_seal.0, s.per_seal.1
                         );
                     }
                     if let Some(h) = since {
@@ -643,6 +647,9 @@ fn serve(path: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
             routes = config.routes.len(),
             "lattice listening"
         );
+        if let Some(m) = server.metrics_addr() {
+            tracing::info!(addr = %m, "metrics listening (GET /metrics, no key)");
+        }
         // The one line scripts wait for.
         println!(
             "lattice listening on {}://{}",

@@ -177,6 +177,11 @@ impl State {
         self.audit.as_ref()
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.budgets.as_ref().map(|b| b.metrics()).unwrap_or_default()
+    }
+
     /// The audit witness, when `[audit] witness` is set.
     pub fn witness(&self) -> Option<&crate::witness::Witness> {
         self.witness.as_ref()
@@ -839,7 +844,7 @@ pub async fn handle(
             if let Err(rej) = finance_caller(&state, &conn, &parts, "metrics") {
                 return reject(rej, dialect, rid, log);
             }
-            let text = state.budgets.as_ref().map(|b| b.metrics()).unwrap_or_default();
+            let text = state.metrics_text();
             return plain(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

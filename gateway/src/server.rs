@@ -41,6 +41,8 @@ pub struct Server {
     /// One permit per open connection.
     connections: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
+    /// `[server] metrics_listen`: `GET /metrics` for scrapers, without a key.
+    metrics: Option<TcpListener>,
 }
 
 struct Builders {
@@ -103,6 +105,14 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
 
+        let metrics = match config.server.metrics_listen {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+        };
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
@@ -126,11 +136,17 @@ impl Server {
             builders: Arc::new(builders),
             connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             max_connections: config.server.max_connections,
+            metrics,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served without a key, when `[server] metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -148,8 +164,12 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting and gives open connections up to
     /// `drain` to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, drain: Duration) {
         let graceful = GracefulShutdown::new();
+        let metrics = self
+            .metrics
+            .take()
+            .map(|l| tokio::spawn(serve_metrics(l, self.state.clone(), self.handshake_timeout)));
         tokio::pin!(shutdown);
         let mut at_cap_logged = false;
         loop {
@@ -200,9 +220,56 @@ impl Server {
             });
         }
         drop(self.listener);
+        if let Some(m) = metrics {
+            m.abort();
+        }
         if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
             tracing::warn!("connections still open after the drain period; closing them");
         }
+    }
+}
+
+/// The metrics listener: `GET /metrics` in Prometheus text, nothing else, no key (a scraper
+/// sends none; bind it where only the scraper reaches). Spend reports stay behind the finance
+/// role on the main listener.
+async fn serve_metrics(listener: TcpListener, state: Arc<State>, header_timeout: Duration) {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let state = state.clone();
+        let conn = h1.serve_connection(
+            TokioIo::new(sock),
+            service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let (status, ctype, body) =
+                        if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                            (200, "text/plain; version=0.0.4", state.metrics_text())
+                        } else {
+                            (
+                                404,
+                                "text/plain",
+                                "this listener serves GET /metrics only\n".to_string(),
+                            )
+                        };
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(ctype),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
     }
 }
 

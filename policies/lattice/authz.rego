@@ -53,13 +53,25 @@ model_allowed if {
 	startswith(input.request.model, trim_suffix(pattern, "*"))
 }
 
-# Tool allow-list: every tool offered to the model must be allowed for the team.
+# Tool allow-list: every tool offered to the model must be allowed for the team: by name, or by
+# a pattern `prefix*` (`*` alone: any tool, for general-purpose teams whose coding agents offer
+# their own tool sets, Claude Code's `Bash`, `Read`, `Edit`, ..., Codex CLI's `shell`, ...).
 reasons contains msg if {
 	not is_admin
 	team
 	some tool in object.get(input.request, "tools", [])
 	not tool in object.get(team, "tools", [])
+	not tool in pattern_tools
 	msg := sprintf("tool %q is not allowed for team %q", [tool, input.principal.team])
+}
+
+# The offered tools a pattern of the team admits.
+pattern_tools contains tool if {
+	some tool in object.get(input.request, "tools", [])
+	is_string(tool)
+	some pattern in object.get(team, "tools", [])
+	endswith(pattern, "*")
+	startswith(tool, trim_suffix(pattern, "*"))
 }
 
 # An attribute rule: some teams work in business hours only (UTC, Monday to Friday, 08-18).

@@ -47,14 +47,44 @@ test_model_lock_is_an_obligation if {
 }
 
 test_disallowed_tool_is_denied if {
-	d := authz.decision with input as call("research", [], "gpt-4o", ["web_search", "shell"], weekday)
+	d := authz.decision with input as call("analysts", [], "gpt-4o", ["web_search", "shell"], weekday)
 	not d.allow
-	d.reasons == {"tool \"shell\" is not allowed for team \"research\""}
+	d.reasons == {"tool \"shell\" is not allowed for team \"analysts\""}
 }
 
 test_allowed_tools_pass if {
-	d := authz.decision with input as call("research", [], "gpt-4o", ["web_search", "calculator"], weekday)
+	d := authz.decision with input as call("analysts", [], "gpt-4o", ["web_search", "calculator"], weekday)
 	d.allow
+	d.obligations.allowed_tools == ["web_search", "calculator", "code_interpreter"]
+}
+
+# What the common coding agents offer: a general-purpose team takes them all, a restricted one none.
+claude_code_tools := [
+	"Task", "Bash", "Glob", "Grep", "LS", "ExitPlanMode", "Read", "Edit", "MultiEdit", "Write",
+	"NotebookEdit", "WebFetch", "TodoWrite", "WebSearch", "BashOutput", "KillShell", "Agent",
+	"mcp__github__create_issue",
+]
+
+codex_tools := ["shell", "apply_patch", "update_plan", "view_image", "local_shell", "web_search"]
+
+test_a_general_purpose_team_runs_coding_agents if {
+	every tools in [claude_code_tools, codex_tools, ["transfer_to_billing_agent", "get_weather"]] {
+		d := authz.decision with input as call("research", [], "claude-sonnet-4-5", tools, weekday)
+		d.allow
+		d.obligations.allowed_tools == ["*"]
+	}
+}
+
+test_a_restricted_team_gets_no_coding_agent_tools if {
+	d := authz.decision with input as call("support", [], "gpt-4o-mini", ["Bash", "Read"], weekday)
+	not d.allow
+	count(d.reasons) == 2
+}
+
+test_a_tool_pattern_is_a_prefix if {
+	d := authz.decision with input as object.union(call("analysts", [], "demo", ["web_search_v2"], weekday),
+		{"principal": {"team": "analysts"}})
+	not d.allow
 }
 
 test_business_hours_rule if {

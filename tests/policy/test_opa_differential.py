@@ -94,6 +94,7 @@ def principal(pid: str, kind: str, user: str, team: Any, roles: Any, **attrs: st
 PRINCIPALS: list[tuple[str, Any]] = [
     ("research", principal("key_r1", "api_key", "ana", "research", ["developer"], cost_center="r-17")),
     ("research-mtls", principal("spiffe://lattice.local/client/r2", "mtls", "r2", "research", [])),
+    ("analysts", principal("key_y1", "api_key", "ann", "analysts", ["developer"])),
     ("support", principal("key_s1", "api_key", "bo", "support", ["agent"])),
     ("finance", principal("sub-cy", "jwt", "cy", "finance", ["analyst"], cost_center="f-3")),
     ("unknown-team", principal("key_m1", "api_key", "dee", "marketing", ["developer"])),
@@ -136,6 +137,7 @@ TOOLS: list[Any] = [
     ["calculator", "shell"],
     ["web_search", "shell", "file_delete"],
     ["calculator", "calculator"],
+    ["Bash", "Read", "Edit", "mcp__github__create_issue"],  # a coding agent's own tools
     ABSENT,
 ]
 
@@ -335,6 +337,8 @@ def test_inputs_cover_every_outcome(results: list) -> None:
     assert any("model_lock" in ob for ob in obligations), "no model lock obligation"
     assert any("allowed_tools" in ob and "model" not in ob for ob in obligations), "no tools-only obligation"
     assert any(ob == {} for ob in obligations), "no input without obligations"
+    assert any(ob.get("allowed_tools") == ["*"] for ob in obligations), "no general-purpose team"
+    assert any(ob.get("session_shared") is True for ob in obligations), "no shared session"
 
 
 def test_a_known_denial_is_exact_in_both_engines(opa: OpaEngine, lattice_bin: Path) -> None:

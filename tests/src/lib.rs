@@ -311,6 +311,8 @@ impl Body for ChannelBody {
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The metrics listener, with `[server] metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -341,6 +343,7 @@ impl TestGateway {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -354,6 +357,7 @@ impl TestGateway {
         });
         TestGateway {
             addr,
+            metrics_addr,
             dir,
             stop: Some(stop),
             task: Some(task),

@@ -823,3 +823,104 @@ usd = 0.01
     );
     gw.stop().await;
 }
+
+/// Once a caller passed authorization, a model that does not exist is 404 `model_not_found`
+/// (the SDKs' `NotFoundError`), in both dialects: the budget gate's "has no price" used to hide it.
+#[tokio::test]
+async fn an_unknown_model_is_404_not_a_budget_refusal() {
+    let up = UsageUpstream::start(None).await;
+    let pol = tempfile::tempdir().unwrap();
+    lattice_tests::allow_with_obligations(pol.path(), "{}");
+    let extra = format!(
+        "[budgets]\n[[budgets.limit]]\nname = \"all\"\nscope = \"team\"\nwindow = \"daily\"\nusd = 10.0\n[authorization]\npolicy_dir = \"{}\"\n",
+        pol.path().display()
+    );
+    let gw = TestGateway::start(&config(up.addr, &extra)).await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("no-such-model", 5, "")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let r = post(
+        gw.addr,
+        "/v1/messages",
+        r#"{"model":"no-such-model","max_tokens":5,"messages":[]}"#.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "not_found_error");
+    // The control: a model that routes but has no price is still the budget's refusal.
+    let r = post(gw.addr, "/v1/chat/completions", chat("gpt-unpriced", 5, "")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "model_price_unknown");
+    gw.stop().await;
+}
+
+/// Prometheus scrapes without a key: `[server] metrics_listen` serves `GET /metrics` (and
+/// nothing else) on a listener of its own; on the main listener metrics and spend reports stay
+/// behind a key with the `finance` (or `admin`, `metrics`) role.
+#[tokio::test]
+async fn a_scraper_reads_metrics_without_a_key_and_spend_stays_behind_finance() {
+    let up = UsageUpstream::start(None).await;
+    let cfg = config(
+        up.addr,
+        "[identity]\nmethods = [\"api_key\"]\n[budgets]\n[[budgets.limit]]\nname = \"all\"\nscope = \"team\"\nwindow = \"daily\"\nusd = 10.0\n",
+    )
+    .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"", 1);
+    let gw = TestGateway::start(&cfg).await;
+    let mut store = lattice_gateway::keys::KeyStore::open(&gw.dir.path().join("lattice-data")).unwrap();
+    let (_, dev) = store.create("ana", "research", &[], None).unwrap();
+    let (_, fin) = store.create("fay", "finance", &["finance".into()], None).unwrap();
+    let call = request(
+        Method::POST,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {dev}")),
+        ],
+        chat("gpt-exact", 10, ""),
+    );
+    assert_eq!(send(gw.addr, call).await.status, StatusCode::OK);
+
+    let scrape = gw.metrics_addr.expect("a metrics listener");
+    let m = send(scrape, request(Method::GET, "/metrics", &[], "")).await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text());
+    assert!(
+        m.text().contains("# TYPE") && m.text().contains("budget"),
+        "{}",
+        m.text()
+    );
+    // Nothing else on it: not the API, not spend.
+    for path in ["/admin/spend", "/v1/chat/completions", "/healthz"] {
+        assert_eq!(
+            send(scrape, request(Method::GET, path, &[], "")).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // The main listener: no key 401, a developer's key 403, finance 200.
+    let get_as = |path: &str, key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        request(Method::GET, path, &headers, "")
+    };
+    for path in ["/metrics", "/admin/spend?group_by=team"] {
+        assert_eq!(
+            send(gw.addr, get_as(path, None)).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            send(gw.addr, get_as(path, Some(&dev))).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+        assert_eq!(
+            send(gw.addr, get_as(path, Some(&fin))).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    gw.stop().await;
+}

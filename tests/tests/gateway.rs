@@ -1104,18 +1104,29 @@ async fn rego_decides_and_its_obligations_are_enforced() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "upstream says hi");
     assert_eq!(&up.last().body[..], br#"{"model":"gpt-4o-mini","messages":[]}"#);
 
-    // The tools a request offers reach the policy (input.request.tools), in both dialects.
+    // The tools a request offers reach the policy (input.request.tools), in both dialects: a
+    // restricted team is refused `shell`; the general-purpose `research` team offers any tool.
+    let (_, analysts) = lattice_gateway::keys::KeyStore::open(data.path())
+        .unwrap()
+        .create("al", "analysts", &[], None)
+        .unwrap();
     let with_tool = r#"{"model":"gpt-4o","messages":[],"tools":[{"type":"function","function":{"name":"web_search","parameters":{}}},{"type":"function","function":{"name":"shell"}}]}"#;
     let r = send(
         gw.addr,
-        chat(&[("authorization", &format!("Bearer {research}"))], with_tool),
+        chat(&[("authorization", &format!("Bearer {analysts}"))], with_tool),
     )
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(
         r.json()["error"]["message"],
-        "tool \"shell\" is not allowed for team \"research\""
+        "tool \"shell\" is not allowed for team \"analysts\""
     );
+    let r = send(
+        gw.addr,
+        chat(&[("authorization", &format!("Bearer {research}"))], with_tool),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = send(
         gw.addr,
         messages(
@@ -2112,5 +2123,34 @@ decision := {"allow": true, "reasons": [], "obligations": shared}
         ["", "", ""],
         "a refused call's record landed in a session"
     );
+    gw.stop().await;
+}
+
+/// A key issued against a running gateway (as `lattice keys create` does, writing the store in
+/// its data dir) works on its very next call, twenty times over: the gateway looks at the store
+/// when it meets an unknown key instead of waiting for its file watcher.
+#[tokio::test]
+async fn a_key_works_on_the_call_right_after_it_is_issued() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n{}",
+        data.path().display(),
+        config(up.addr, "", "")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for i in 0..20 {
+        let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+        let (_, key) = store.create(&format!("u{i}"), "research", &[], None).unwrap();
+        let r = send(
+            gw.addr,
+            chat(&[("authorization", &format!("Bearer {key}"))], CHAT),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "key {i}: {}", r.text());
+    }
+    // An unknown key is still refused, and the store is not reloaded for it.
+    let r = send(gw.addr, chat(&[("authorization", "Bearer lk_not_a_key")], CHAT)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     gw.stop().await;
 }

@@ -34,10 +34,26 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 struct Keys {
     store: KeyStore,
     principals: HashMap<String, Arc<Principal>>,
+    /// The file as it was when read (inode, length, mtime): a key store replaced since (keys
+    /// are saved by write-then-rename) has another.
+    stamp: Option<Stamp>,
+}
+
+type Stamp = (u64, u64, Option<std::time::SystemTime>);
+
+fn stamp(file: &std::path::Path) -> Option<Stamp> {
+    let m = std::fs::metadata(file).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((ino, m.len(), m.modified().ok()))
 }
 
 impl Keys {
     fn load(data_dir: &std::path::Path) -> Result<Keys, String> {
+        // Stamped before the read: a change during it is seen as a change next time.
+        let stamp = stamp(&data_dir.join(crate::keys::FILE));
         let store = KeyStore::open(data_dir).map_err(|e| e.to_string())?;
         let principals = store
             .records()
@@ -53,13 +69,19 @@ impl Keys {
                 (r.id.clone(), Arc::new(p))
             })
             .collect();
-        Ok(Keys { store, principals })
+        Ok(Keys {
+            store,
+            principals,
+            stamp,
+        })
     }
 }
 
 /// The key store in force, reloaded when its file changes.
 struct ApiKeys {
     current: Arc<ArcSwap<Keys>>,
+    dir: PathBuf,
+    reloading: std::sync::Mutex<()>,
     /// Kept alive for as long as the gate: dropping it stops the reloads.
     _watcher: notify::RecommendedWatcher,
 }
@@ -85,8 +107,43 @@ impl ApiKeys {
             .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         Ok(ApiKeys {
             current,
+            dir: dir.to_path_buf(),
+            reloading: std::sync::Mutex::new(()),
             _watcher: watcher,
         })
+    }
+
+    /// An unknown key may be one just issued (`lattice keys create` against the running
+    /// gateway) that the file watcher has not reloaded yet: look at the store's file now (one
+    /// `stat`) and reload it when it changed. Only an editor of the data dir can change it, so
+    /// a flood of bad keys costs a `stat` each and no reload. True when the store in force is
+    /// newer than the one the caller looked in.
+    fn refresh_on_miss(&self) -> bool {
+        let seen = self.current.load().stamp;
+        let file = self.dir.join(crate::keys::FILE);
+        let now = stamp(&file);
+        if now == seen {
+            return false;
+        }
+        // One reload at a time; whoever waited finds it done.
+        let _one = self.reloading.lock();
+        if self.current.load().stamp != seen {
+            return true;
+        }
+        match Keys::load(&self.dir) {
+            Ok(k) => {
+                tracing::info!(
+                    keys = k.principals.len(),
+                    "API keys reloaded (an unknown key was presented)"
+                );
+                self.current.store(Arc::new(k));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "API keys not reloaded");
+                false
+            }
+        }
     }
 }
 
@@ -296,18 +353,23 @@ impl Identity {
                             None => continue,
                         },
                     };
-                    let keys = api_keys.current.load();
-                    return keys
-                        .store
-                        .verify(key, now_secs())
-                        // Every stored key has a principal built when the store was loaded.
-                        .and_then(|record| {
-                            keys.principals
-                                .get(&record.id)
-                                .cloned()
-                                .ok_or(KeyRejection::Invalid)
-                        })
-                        .map_err(|r| unauthenticated(r.code(), r.to_string()));
+                    let lookup = || {
+                        let keys = api_keys.current.load();
+                        keys.store
+                            .verify(key, now_secs())
+                            // Every stored key has a principal built when the store was loaded.
+                            .and_then(|record| {
+                                keys.principals
+                                    .get(&record.id)
+                                    .cloned()
+                                    .ok_or(KeyRejection::Invalid)
+                            })
+                    };
+                    let found = match lookup() {
+                        Err(KeyRejection::Invalid) if api_keys.refresh_on_miss() => lookup(),
+                        found => found,
+                    };
+                    return found.map_err(|r| unauthenticated(r.code(), r.to_string()));
                 }
             }
         }

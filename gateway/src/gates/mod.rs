@@ -16,6 +16,7 @@ pub mod identity;
 pub mod model_lock;
 pub mod pii;
 pub mod ratelimit;
+pub mod route;
 pub mod session;
 pub mod tools;
 
@@ -204,6 +205,7 @@ impl Pipeline {
         if audit.is_some() {
             gates.push(Box::new(session::SessionAccess));
         }
+
         // Constraints: the static deny list is the first (a static rule is the cheapest check),
         // the model lock next, then rate limits, the tool gate and PII (content: the tool gate
         // first, so PII scans what is sent), and budgets last: a reservation is only made for a
@@ -211,6 +213,9 @@ impl Pipeline {
         if let Some(g) = deny::DenyList::from_config(&config.deny) {
             gates.push(Box::new(g));
         }
+        // A model that routes nowhere is 404 from here on (the static deny list, a policy of
+        // its own, still speaks first): no constraint refusal hides it.
+        gates.push(Box::new(route::RouteGate(router.clone())));
         // The model lock and the tool gate enforce obligations, so they exist with a policy.
         if authorized {
             gates.push(Box::new(model_lock::ModelLockGate(router)));

@@ -2,7 +2,7 @@
 // tests/sdk/python/test_content_sdk.py): an answer's PII redacted in streams, and a model's call
 // of a tool the caller may not use taken out, in a form the SDKs' stream helpers accumulate.
 //
-// Its own lattice process: an API key of team `research` (tools web_search, calculator and
+// Its own lattice process: an API key of team `analysts` (tools web_search, calculator and
 // code_interpreter in the shipped policy), `[tools] calls = "remove"`, every model on the
 // built-in mock, which echoes the prompt and calls the tools named `call:NAME` in it.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,7 +39,7 @@ describe('content gates (node SDKs)', () => {
   before(async () => {
     work = mkdtempSync(path.join(tmpdir(), 'lattice-sdk-node-content-'));
     const data = path.join(work, 'data');
-    key = createKey(data, 'research', 'ana').secret;
+    key = createKey(data, 'analysts', 'ana').secret;
     const cfg = path.join(work, 'content.toml');
     writeFileSync(cfg, governedConfig(data, path.join(REPO_ROOT, 'policies'), CONTENT));
     gateway = await startLattice('content', cfg, work);

@@ -2,7 +2,7 @@
 a model's call of a tool the caller may not use taken out of the answer (or the answer stopped)
 in a form the SDKs' own stream accumulators accept.
 
-Two lattice processes with API keys and the shipped policy bundle (team `research` may use the
+Two lattice processes with API keys and the shipped policy bundle (team `analysts` may use the
 tools web_search, calculator and code_interpreter), every model on the built-in mock, which
 echoes the prompt and calls the tools named `call:NAME` in it. One removes disallowed tool calls,
 the other uses the default (block).
@@ -51,7 +51,7 @@ PROMPT = "mail ana.lopez@example.com card 4111-1111-1111-1111 call:shell call:we
 
 def _start(lattice_bin: Path, work: Path, name: str, tools: str) -> tuple:
     data = work / f"{name}-data"
-    key = _create_key(lattice_bin, data, "research", "ana")
+    key = _create_key(lattice_bin, data, "analysts", "ana")
     config = work / f"{name}.toml"
     config.write_text(CONFIG.format(data=data, policies=REPO_ROOT / "policies", tools=tools))
     return start_lattice(lattice_bin, config, name, work), key
