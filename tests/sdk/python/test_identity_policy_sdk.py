@@ -106,3 +106,33 @@ def test_anthropic_allowed_and_denied(governed: dict) -> None:
         an(governed, "sk-ant-not-a-gateway-key").messages.create(
             model="claude-3-5-haiku-latest", max_tokens=16, messages=MSGS
         )
+
+
+# The tools Claude Code offers on every call (its built-ins and an MCP server's), and Codex CLI's.
+CLAUDE_CODE_TOOLS = ["Task", "Bash", "Glob", "Grep", "LS", "ExitPlanMode", "Read", "Edit", "MultiEdit",
+                     "Write", "NotebookEdit", "WebFetch", "TodoWrite", "WebSearch", "BashOutput",
+                     "KillShell", "mcp__github__create_issue"]
+CODEX_TOOLS = ["shell", "apply_patch", "update_plan", "view_image"]
+
+
+def test_coding_agents_run_on_a_general_purpose_team_and_not_on_a_restricted_one(governed: dict) -> None:
+    """A new user points Claude Code (Anthropic SDK) or Codex (OpenAI SDK) at the shipped policy
+    with a `research` key: the calls pass with every tool offered; a `support` key is refused."""
+    tools = [{"name": n, "description": n, "input_schema": {"type": "object", "properties": {}}}
+             for n in CLAUDE_CODE_TOOLS]
+    ok = an(governed, governed["keys"]["research"]).messages.create(
+        model="claude-sonnet-4-5", max_tokens=16, messages=MSGS, tools=tools,
+        system="You are Claude Code, Anthropic's official CLI for Claude.",
+    )
+    assert ok.content[0].type == "text"
+    functions = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+                 for n in CODEX_TOOLS]
+    done = oa(governed, governed["keys"]["research"]).chat.completions.create(
+        model="gpt-4o", messages=MSGS, tools=functions
+    )
+    assert done.choices[0].message.content
+    with pytest.raises(anthropic.PermissionDeniedError) as e:
+        an(governed, governed["keys"]["support"]).messages.create(
+            model="gpt-4o-mini", max_tokens=16, messages=MSGS, tools=tools
+        )
+    assert 'tool "Bash" is not allowed for team "support"' in str(e.value)
