@@ -2,7 +2,7 @@
 //!
 //! - [`record`]: one record's fields, its frame and hash (the format: `audit/FORMAT.md`).
 //! - [`storage`]: file access behind a trait (the disk; a fault-injecting one in tests).
-//! - [`log`]: recovery on open, group commit on one writer thread, seals in every write, the
+//! - [`log`]: recovery on open, group commit on one writer thread, a seal in every synced write, the
 //!   per-session index.
 //! - [`seal`]: seals: Ed25519 signatures of the chain head, as records of the chain; the signing key.
 //! - [`verify`]: the offline check behind `lattice audit verify`.

@@ -4,9 +4,9 @@
 //! Appenders hand their event to the writer thread and wait for its acknowledgement. The
 //! writer takes every event that is waiting, chains and frames them into one buffer, writes it
 //! with one `write`, and (in `sync = "always"`) makes it durable with one `fdatasync` before it
-//! acknowledges any of them: concurrent appends share one sync. Each write ends with a seal, a
-//! record carrying an Ed25519 signature of the head (see [`crate::seal`]), so a record is covered
-//! by a signature from the moment it is on disk.
+//! acknowledges any of them: concurrent appends share one sync. A synced write ends with a seal,
+//! a record carrying an Ed25519 signature of the head (see [`crate::seal`]), so a record is
+//! covered by a signature by the time it is durable: one signature per sync, not per write.
 //!
 //! A failed write or sync poisons the log: the write may or may not have reached the disk, and
 //! after a failed `fsync` the kernel may have dropped the dirty pages, so retrying on the same
@@ -56,6 +56,9 @@ pub struct Options {
     /// the records it writes itself (a new epoch, see [`crate::seal`]). Without it such a log
     /// refuses to open.
     pub allow_corruption: bool,
+    /// A signed head kept outside the log (the witness's): the log must still hold it and
+    /// extend it, or it was rolled back (or its key replaced), and refuses to open.
+    pub extends: Option<Seal>,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             sync_interval: Duration::from_millis(100),
             segment_bytes: 64 << 20,
             allow_corruption: false,
+            extends: None,
         }
     }
 }
@@ -276,6 +280,8 @@ impl AuditLog {
             base: recovered.report.base,
             key,
             unsynced: None,
+            unsealed: 0,
+            dirty: false,
             last_sync: Instant::now(),
             buf: Vec::with_capacity(64 << 10),
         };
@@ -509,21 +515,31 @@ struct Writer {
     /// The first record this writer's seals vouch for.
     base: u64,
     key: SigningKey,
-    /// The last seal written but not yet synced (batch mode, or lazy records).
+    /// The last seal written but not yet synced (or, without syncs, not yet published).
     unsynced: Option<Seal>,
+    /// Records written since the last seal.
+    unsealed: usize,
+    /// Bytes written since the last sync.
+    dirty: bool,
+    /// The last time everything written was sealed and synced.
     last_sync: Instant,
     buf: Vec<u8>,
 }
 
 /// Most events taken into one group commit.
 const MAX_BATCH: usize = 4096;
+/// A write seals what is unsealed once this many records are (besides every sync, and the
+/// interval timer): what a crash can leave past the last seal is below `SEAL_EVERY + MAX_BATCH`.
+const SEAL_EVERY: usize = 4096;
+/// More whole records than this past the last seal are not what a crash leaves.
+pub const MAX_UNSEALED: usize = SEAL_EVERY + MAX_BATCH;
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(256);
         loop {
-            let first = if self.unsynced.is_some() && self.options.sync != SyncMode::None {
-                // Wake up to sync what is written.
+            let first = if self.unsealed > 0 || (self.dirty && self.options.sync != SyncMode::None) {
+                // Wake up to seal (and sync) what is written.
                 let wait = self
                     .options
                     .sync_interval
@@ -548,10 +564,9 @@ impl Writer {
             }
             self.commit(&mut batch);
         }
-        // Closing: make everything written durable.
-        if self.unsynced.is_some()
-            && !self.shared.poisoned.load(Ordering::Acquire)
-            && let Err(e) = self.sync()
+        // Closing: seal everything written and make it durable.
+        if !self.shared.poisoned.load(Ordering::Acquire)
+            && let Err(e) = self.flush()
         {
             self.poison(e);
         }
@@ -580,8 +595,8 @@ impl Writer {
             return;
         }
         if batch.is_empty() {
-            // The sync timer.
-            if let Err(e) = self.sync() {
+            // The interval timer.
+            if let Err(e) = self.flush() {
                 self.poison(e);
             }
             return;
@@ -601,11 +616,22 @@ impl Writer {
             placed.push((seq, head, start, self.buf.len() - start));
             seq += 1;
         }
-        // The seal goes in the same write: no record is on disk without its signature.
-        let time = now_ns();
-        let sealed = Seal::sign(&self.key, self.base, seq, time, head);
-        head = record::encode(&mut self.buf, seq, time, &sealed.event(), &head);
-        seq += 1;
+        // A write that is synced ends with a seal of everything before it, in the same write:
+        // nothing is durable without its signature. Lazy records (and, in batch mode, records
+        // between syncs) ride the next seal: one signature per sync, not per write.
+        let sync_now = match self.options.sync {
+            SyncMode::Always => batch.iter().any(|r| r.durable),
+            SyncMode::Batch => self.last_sync.elapsed() >= self.options.sync_interval,
+            SyncMode::None => false,
+        };
+        let seal_now = sync_now || self.unsealed + batch.len() >= SEAL_EVERY;
+        let sealed = seal_now.then(|| {
+            let time = now_ns();
+            let s = Seal::sign(&self.key, self.base, seq, time, head);
+            head = record::encode(&mut self.buf, seq, time, &s.event(), &head);
+            seq += 1;
+            s
+        });
         let written = self.file.append(&self.buf).map_err(|e| format!("write: {e}"));
         if let Err(e) = written {
             // What reached the disk is unknown: poison, and acknowledge nothing.
@@ -616,18 +642,21 @@ impl Writer {
             return;
         }
         (self.next_seq, self.head) = (seq, head);
-        self.unsynced = Some(sealed);
-        let wants_sync = batch.iter().any(|r| r.durable);
-        let durable = match self.options.sync {
-            SyncMode::Always if wants_sync => self.sync(),
-            // Only lazy records: synced with the next durable one, or on the interval timer.
-            SyncMode::Always => Ok(()),
-            SyncMode::Batch if self.last_sync.elapsed() >= self.options.sync_interval => self.sync(),
-            SyncMode::Batch => Ok(()),
-            SyncMode::None => {
-                self.published();
-                Ok(())
+        self.dirty = true;
+        match sealed {
+            Some(s) => {
+                self.unsealed = 0;
+                self.unsynced = Some(s);
             }
+            None => self.unsealed += batch.len(),
+        }
+        let durable = if sync_now {
+            self.sync()
+        } else {
+            if self.options.sync == SyncMode::None {
+                self.published();
+            }
+            Ok(())
         };
         if let Err(e) = durable {
             self.poison(e.clone());
@@ -657,13 +686,37 @@ impl Writer {
 
     /// Makes what is written durable, and publishes its seal.
     fn sync(&mut self) -> Result<(), String> {
-        if self.unsynced.is_none() {
-            return Ok(());
+        if self.dirty {
+            self.file.sync().map_err(|e| format!("fdatasync: {e}"))?;
+            self.dirty = false;
         }
-        self.file.sync().map_err(|e| format!("fdatasync: {e}"))?;
         self.last_sync = Instant::now();
         self.published();
         Ok(())
+    }
+
+    /// Seals what is unsealed (a write of the seal alone) and syncs (in `none`: publishes).
+    fn flush(&mut self) -> Result<(), String> {
+        if self.unsealed > 0 {
+            self.buf.clear();
+            let time = now_ns();
+            let s = Seal::sign(&self.key, self.base, self.next_seq, time, self.head);
+            let head = record::encode(&mut self.buf, self.next_seq, time, &s.event(), &self.head);
+            self.file.append(&self.buf).map_err(|e| format!("write: {e}"))?;
+            (self.next_seq, self.head) = (self.next_seq + 1, head);
+            self.segment_len += self.buf.len() as u64;
+            self.unsealed = 0;
+            self.dirty = true;
+            self.unsynced = Some(s);
+        }
+        match self.options.sync {
+            SyncMode::None => {
+                self.last_sync = Instant::now();
+                self.published();
+                Ok(())
+            }
+            _ => self.sync(),
+        }
     }
 
     fn published(&mut self) {
@@ -673,8 +726,8 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), String> {
-        // The segment ends with a seal (every write does); make it durable before the next.
-        self.sync()?;
+        // A segment ends with a seal, durable before the next segment begins.
+        self.flush()?;
         let name = segment_name(self.next_seq);
         let mut f = self
             .shared
@@ -738,6 +791,18 @@ fn recover(storage: &dyn Storage, key: &VerifyingKey, options: &Options) -> Resu
         damaged = true;
         Ok(())
     };
+    // A witnessed head first: one this key did not sign means the key was replaced.
+    let mut extends = options.extends.as_ref();
+    if let Some(h) = extends
+        && !h.verify(key)
+    {
+        corrupt(
+            "the witnessed head is not signed by this log's key: the key (and with it the log) was replaced"
+                .into(),
+            &mut report,
+        )?;
+        extends = None;
+    }
     let names = segment_names(storage).map_err(io)?;
     let mut coverage = Coverage::new(key);
     let mut index = Index::default();
@@ -791,6 +856,18 @@ fn recover(storage: &dyn Storage, key: &VerifyingKey, options: &Options) -> Resu
             let decoded = record::decode(&bytes[pos..]);
             let follows = matches!(&decoded, Ok((r, _)) if r.seq == next_seq && r.prev == head);
             if follows && let Ok((r, n)) = decoded {
+                if let Some(h) = extends
+                    && r.seq == h.covers()
+                    && r.hash != h.head
+                {
+                    corrupt(
+                        format!(
+                            "record {} is not the one in the witnessed head: the log was replaced from there on",
+                            r.seq
+                        ),
+                        &mut report,
+                    )?;
+                }
                 let loc = Loc {
                     seq: r.seq,
                     segment,
@@ -842,7 +919,7 @@ fn recover(storage: &dyn Storage, key: &VerifyingKey, options: &Options) -> Resu
             }
         }
         if !last && !pending.is_empty() {
-            // Every write ends with its seal and a segment ends with a write.
+            // A segment is sealed and synced before the next one begins.
             corrupt(
                 format!(
                     "{name}: records {}..={} at its end are covered by no seal",
@@ -859,11 +936,11 @@ fn recover(storage: &dyn Storage, key: &VerifyingKey, options: &Options) -> Resu
             last_segment_len = bytes.len().min(pos) as u64;
             // Whatever follows the last seal was never acknowledged: keep it aside.
             let (seg, at, first, sealed_head) = sealed;
-            if pending.len() > MAX_BATCH {
-                // One write holds at most MAX_BATCH events: a crash cannot leave more unsealed.
+            if pending.len() > MAX_UNSEALED {
+                // The writer never leaves more unsealed: this is not a crash's leftover.
                 corrupt(
                     format!(
-                        "{name}: {} whole records past the last seal, more than one write holds: not a crash's leftover",
+                        "{name}: {} whole records past the last seal, more than the writer ever leaves unsealed: not a crash's leftover",
                         pending.len()
                     ),
                     &mut report,
@@ -887,6 +964,18 @@ fn recover(storage: &dyn Storage, key: &VerifyingKey, options: &Options) -> Resu
     }
     if let Err(u) = coverage.finish(next_seq - 1) {
         corrupt(describe(&u), &mut report)?;
+    }
+    if let Some(h) = extends
+        && next_seq - 1 < h.covers()
+    {
+        corrupt(
+            format!(
+                "the witnessed head names record {}, the log ends at record {}: it was rolled back",
+                h.covers(),
+                next_seq - 1
+            ),
+            &mut report,
+        )?;
     }
     let seal = coverage.head();
     if damaged {

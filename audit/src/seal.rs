@@ -1,11 +1,13 @@
 //! Seals: Ed25519 signatures over the chain head, written as records of the chain itself, and
 //! the key that makes them.
 //!
-//! Every write the log makes ends with a seal record (kind [`KIND`]), in the same buffer, the
-//! same `write` and the same `fdatasync` as the records it covers; nothing is acknowledged before
-//! its write (with its seal) is done. So every durable record is covered by a signature by
-//! construction, and after a crash the only records past the last seal are a write the crash
-//! cut short, which nobody was told had happened. A seal says:
+//! Every sync the log makes is of a write that ends with a seal record (kind [`KIND`]) of
+//! everything before it, in the same buffer, `write` and `fdatasync`; a durable append is
+//! acknowledged only after that. So every durable record is covered by a signature by
+//! construction, and after a crash the only records past the last seal are ones no sync made
+//! durable: a write the crash cut short, lazy records and (in `batch`) the last interval's. The
+//! writer also seals on its interval timer and every 4096 records, so no more than
+//! [`crate::log::MAX_UNSEALED`] are ever unsealed. A seal says:
 //!
 //! > I, the holder of this log's key, wrote (or verified on start) records `base..=seq-1`; the
 //! > record `seq-1` has hash `head`.

@@ -844,6 +844,22 @@ fn a_rollback_is_caught_against_a_kept_head() {
         .finding
         .unwrap();
     assert_eq!(f.damage, Damage::Forged);
+    // Opened with the kept head to extend (the witness's), the rewritten log refuses to open,
+    // and so does one whose key no longer signs the head.
+    let with = |h: seal::Seal| {
+        AuditLog::open(
+            Arc::new(DiskStorage::open(dir.path()).unwrap()),
+            Options {
+                extends: Some(h),
+                ..Options::default()
+            },
+        )
+    };
+    let e = with(kept).err().expect("a rolled-back log opened");
+    assert!(e.to_string().contains("witnessed head"), "{e}");
+    let e = with(fake).err().expect("a head of another key was taken");
+    assert!(e.to_string().contains("not signed by this log's key"), "{e}");
+    assert!(with(early).is_ok(), "the log extends the early head");
 }
 
 #[test]

@@ -240,9 +240,16 @@ pub struct ResponseBody {
     payload: Payload,
     log: Option<Box<AccessLog>>,
     ended: bool,
+    /// Keeps the request counted on its connection until the body is done.
+    in_flight: Option<crate::gates::InFlight>,
 }
 
 impl ResponseBody {
+    /// Counts the request on its connection until this body is dropped.
+    pub fn hold(&mut self, in_flight: crate::gates::InFlight) {
+        self.in_flight = Some(in_flight);
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::new(Payload::Full(Some(bytes.into())))
     }
@@ -275,6 +282,7 @@ impl ResponseBody {
             payload,
             log: None,
             ended: false,
+            in_flight: None,
         }
     }
 

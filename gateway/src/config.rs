@@ -362,6 +362,8 @@ struct RawServer {
     http2_keep_alive_interval_ms: u64,
     #[serde(default = "default_h2_ping_timeout")]
     http2_keep_alive_timeout_ms: u64,
+    #[serde(default = "default_h2_idle")]
+    http2_idle_timeout_ms: u64,
     #[serde(default)]
     tls: Option<RawTls>,
 }
@@ -376,6 +378,10 @@ fn default_h2_ping_interval() -> u64 {
 
 fn default_h2_ping_timeout() -> u64 {
     10_000
+}
+
+fn default_h2_idle() -> u64 {
+    60_000
 }
 
 fn default_max_body() -> u64 {
@@ -541,6 +547,8 @@ pub struct ServerConfig {
     /// HTTP/2: a ping this often, and the connection closed when one is not answered in time.
     pub http2_keep_alive_interval: Duration,
     pub http2_keep_alive_timeout: Duration,
+    /// HTTP/2: a connection with no request in flight for this long is closed.
+    pub http2_idle_timeout: Duration,
     pub tls: Option<TlsConfig>,
 }
 
@@ -862,6 +870,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             sync_interval: Duration::from_millis(a.sync_interval_ms),
             segment_bytes: a.segment_bytes,
             allow_corruption: a.allow_corruption,
+            extends: None,
         },
         witness,
     });
@@ -880,6 +889,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             metrics_listen,
             http2_keep_alive_interval: Duration::from_millis(raw.server.http2_keep_alive_interval_ms),
             http2_keep_alive_timeout: Duration::from_millis(raw.server.http2_keep_alive_timeout_ms),
+            http2_idle_timeout: Duration::from_millis(raw.server.http2_idle_timeout_ms.max(1)),
             tls,
         },
         log: LogConfig {

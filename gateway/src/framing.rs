@@ -105,6 +105,8 @@ pub struct Checked<S> {
     checked: usize,
     len: usize,
     eof: bool,
+    /// How much of the head being read was searched for its end already.
+    head_scanned: usize,
 }
 
 impl<S> Checked<S> {
@@ -118,6 +120,7 @@ impl<S> Checked<S> {
             checked: 0,
             len: 0,
             eof: false,
+            head_scanned: 0,
         }
     }
 
@@ -136,12 +139,17 @@ impl<S> Checked<S> {
                     if pending == b"\r" {
                         break;
                     }
-                    let Some(end) = head_end(pending) else {
+                    // Resume where the last read's search stopped (short of a CRLF CRLF that
+                    // straddles reads): a head sent a byte at a time is scanned once, not n times.
+                    let from = self.head_scanned.saturating_sub(3);
+                    let Some(end) = head_end(pending, from) else {
+                        self.head_scanned = pending.len();
                         if pending.len() > MAX_HEAD {
                             self.refuse_head("a request head larger than 64 KiB");
                         }
                         break;
                     };
+                    self.head_scanned = 0;
                     match check_head(&pending[..end]) {
                         Ok(body) => {
                             self.checked += end;
@@ -254,9 +262,8 @@ impl<S> Checked<S> {
     }
 }
 
-/// Where a head ends (just past its empty line), if it has.
-fn head_end(b: &[u8]) -> Option<usize> {
-    let mut from = 0;
+/// Where a head ends (just past its empty line), if it has, searching from `from`.
+fn head_end(b: &[u8], mut from: usize) -> Option<usize> {
     while let Some(i) = memchr::memchr(b'\n', &b[from..]) {
         let nl = from + i;
         match b.get(nl + 1..nl + 3) {
@@ -271,25 +278,31 @@ fn head_end(b: &[u8]) -> Option<usize> {
 
 /// Checks a head (request line, fields, the empty line) and says how its body is framed.
 fn check_head(head: &[u8]) -> Result<Body, &'static str> {
-    // Every LF ends a CRLF, every CR starts one.
-    for (i, &b) in head.iter().enumerate() {
-        match b {
-            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err("a bare LF in the request head"),
-            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err("a bare CR in the request head"),
-            _ => {}
+    // Every LF ends a CRLF, every CR starts one (found with memchr: a head is mostly text).
+    for i in memchr::memchr2_iter(b'\r', b'\n', head) {
+        let bare = match head[i] {
+            b'\n' => i == 0 || head[i - 1] != b'\r',
+            _ => head.get(i + 1) != Some(&b'\n'),
+        };
+        if bare {
+            return Err("a bare LF or CR in the request head");
         }
+    }
+    // No other control byte anywhere in it (one branch-free pass).
+    if head
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') | (b == 0x7f))
+    {
+        return Err("a control byte in the request head");
     }
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
-    if request_line.iter().any(|&b| is_ctl(b)) {
-        return Err("a control byte in the request line");
-    }
     let http10 = request_line.ends_with(b" HTTP/1.0");
     let (mut hosts, mut lengths, mut codings) = (0usize, Vec::new(), Vec::new());
     for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = check_field_line(line)?;
+        let (name, value) = split_field_line(line)?;
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -336,11 +349,16 @@ fn is_ctl(b: u8) -> bool {
 /// A field line (header or trailer): `name: value`, the name a token right before the colon,
 /// no control byte, no obs-fold. Returns the name and the value without surrounding white space.
 fn check_field_line(line: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
-    if line.starts_with(b" ") || line.starts_with(b"\t") {
-        return Err("an obs-fold (a header line starting with white space)");
-    }
     if line.iter().any(|&b| is_ctl(b)) {
         return Err("a control byte in a header");
+    }
+    split_field_line(line)
+}
+
+/// [`check_field_line`] for a line already known to hold no control byte.
+fn split_field_line(line: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+    if line.starts_with(b" ") || line.starts_with(b"\t") {
+        return Err("an obs-fold (a header line starting with white space)");
     }
     let colon = memchr::memchr(b':', line).ok_or("a header line without a colon")?;
     let name = &line[..colon];

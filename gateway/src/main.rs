@@ -410,7 +410,7 @@ fn audit_command(data_dir: &std::path::Path, command: AuditCommand) -> ExitCode 
                     }
                     if s.seals > 0 {
                         println!(
-                            "each seal adds {}..={} records to what is signed (its write, and the seal before it)",
+                            "each seal adds {}..={} records to what is signed (those since the seal before it, and that seal)",
                             s.per_seal.0, s.per_seal.1
                         );
                     }

@@ -98,7 +98,17 @@ impl State {
                     ),
                 };
                 kept_storage = Some(storage.clone());
-                let log = lattice_audit::AuditLog::open(storage, a.options.clone())
+                // The log must extend the head its witness last kept (a rollback, or a replaced
+                // key, of the data dir refuses to start instead of being witnessed anew).
+                let mut options = a.options.clone();
+                options.extends = a
+                    .witness
+                    .as_ref()
+                    .map(|w| w.kept())
+                    .transpose()
+                    .map_err(|e| format!("audit witness: {e}"))?
+                    .flatten();
+                let log = lattice_audit::AuditLog::open(storage, options)
                     .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
                 let r = log.recovery();
                 tracing::info!(dir = %dir.display(), records = r.records, segments = r.segments,
@@ -857,7 +867,7 @@ pub async fn handle(
         Ok(Endpoint::SessionCompaction) => {
             let body = match tokio::time::timeout(
                 state.body_timeout,
-                read_body(&parts.headers, body, MAX_COMPACTION),
+                read_framed_body(&conn, &parts.headers, body, MAX_COMPACTION),
             )
             .await
             {
@@ -880,14 +890,10 @@ pub async fn handle(
 
     // A body that trickles in is cut off (slow-body clients); one that has already arrived
     // never arms the timer, as `timeout` polls the read first.
-    // A body whose chunked framing the gateway refuses ends the read with 400 (`crate::framing`).
-    let framed = async {
-        tokio::select! {
-            r = read_body(&parts.headers, body, state.max_body) => r,
-            why = conn.framing.failed() => Err(Rejection::BadFraming(why)),
-        }
-    };
-    let read = tokio::time::timeout(state.body_timeout, framed);
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        read_framed_body(&conn, &parts.headers, body, state.max_body),
+    );
     let bytes = match read.await {
         Ok(Ok(b)) => b,
         Ok(Err(rej)) => return reject(rej, dialect, rid, log),
@@ -929,12 +935,21 @@ pub async fn handle(
     log.principal = call.principal.clone();
     log.policy = call.policy_sha256.clone();
     if let Err(d) = checked {
-        // A call refused another principal's session leaves no record in it (nor an echo of it).
-        let session = if d.code == crate::gates::session::FORBIDDEN {
+        // A refused call creates no session, and enters one only if its caller may write to it
+        // (owns it, or the policy shared it): a bad key or a denied call cannot claim a
+        // session id first, nor put records into another's. Nor is the session echoed.
+        let caller = call.principal.as_deref().map_or("", |p| p.id.as_str());
+        let may_write = d.code != crate::gates::session::FORBIDDEN
+            && state
+                .audit
+                .as_ref()
+                .and_then(|a| a.session_info(session))
+                .is_some_and(|(owner, _)| owner == caller || call.session_shared);
+        let session = if may_write {
+            session
+        } else {
             log.session = HeaderValue::from_static("");
             ""
-        } else {
-            session
         };
         // A denial is recorded, durably, before it is answered.
         if let Some(audit) = &state.audit {
@@ -1365,6 +1380,20 @@ fn strip_request_headers(h: &mut HeaderMap) {
 /// Reads the whole body, refusing more than `limit` bytes. A declared length over the limit is
 /// refused before reading; the rest of an oversized body is drained in the background (bounded)
 /// so the client reads the 413 instead of a reset connection.
+/// [`read_body`], ended with 400 when the connection's chunked framing is refused mid-body
+/// (`crate::framing`): the checker stops handing on bytes there.
+async fn read_framed_body(
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+) -> Result<Bytes, Rejection> {
+    tokio::select! {
+        r = read_body(headers, body, limit) => r,
+        why = conn.framing.failed() => Err(Rejection::BadFraming(why)),
+    }
+}
+
 async fn read_body(headers: &HeaderMap, mut body: Incoming, limit: u64) -> Result<Bytes, Rejection> {
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -10,7 +10,8 @@
 //! each request head, and the idle time between requests, by the same deadline (hyper's
 //! header-read timer); HTTP/2 pings the client every `http2_keep_alive_interval` and closes the
 //! connection when a ping goes unanswered for `http2_keep_alive_timeout` (a peer that stops
-//! mid-frame or never finishes its headers stops answering too). At most `max_connections` are
+//! mid-frame or never finishes its headers stops answering too), and closes one with no request
+//! in flight for `http2_idle_timeout` (a real client stack answers pings). At most `max_connections` are
 //! open at once: past it the listener stops accepting (new connections wait in the kernel's
 //! queue) until one closes, which the deadlines above guarantee happens.
 
@@ -48,6 +49,8 @@ pub struct Server {
 struct Builders {
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
+    /// An HTTP/2 connection with no request in flight for this long is closed.
+    h2_idle: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,7 @@ impl Server {
         let builders = Builders {
             h1: b.clone().http1_only(),
             h2: b.http2_only(),
+            h2_idle: config.server.http2_idle_timeout,
         };
 
         Ok(Server {
@@ -235,7 +239,12 @@ impl Server {
 async fn serve_metrics(listener: TcpListener, state: Arc<State>, header_timeout: Duration) {
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A scraper needs one connection; a few are allowed, never the main listener's descriptors.
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((sock, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -269,9 +278,13 @@ async fn serve_metrics(listener: TcpListener, state: Arc<State>, header_timeout:
         );
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(permit);
         });
     }
 }
+
+/// Open connections the metrics listener takes at most.
+const METRICS_CONNECTIONS: usize = 16;
 
 async fn serve_conn(
     sock: TcpStream,
@@ -302,12 +315,16 @@ async fn serve_conn(
             peer_certs: None,
             mtls_principal: Default::default(),
             framing: Default::default(),
+            in_flight: Default::default(),
+            idle_since_ms: crate::gates::unix_ms().into(),
         });
         if h2 {
-            let svc = service(state, conn);
-            let _ = watcher
-                .watch(builders.h2.serve_connection(TokioIo::new(sock), svc))
-                .await;
+            let svc = service(state, conn.clone());
+            let serving = watcher.watch(builders.h2.serve_connection(TokioIo::new(sock), svc));
+            tokio::select! {
+                _ = serving => {}
+                () = idle(&conn, builders.h2_idle) => tracing::debug!(%remote, "idle HTTP/2 connection closed"),
+            }
         } else {
             let sock = crate::framing::Checked::new(sock, conn.framing.clone());
             let svc = service(state, conn);
@@ -339,18 +356,43 @@ async fn serve_conn(
         peer_certs,
         mtls_principal: Default::default(),
         framing: Default::default(),
+        in_flight: Default::default(),
+        idle_since_ms: crate::gates::unix_ms().into(),
     });
     if h2 {
-        let svc = service(state, conn);
-        let _ = watcher
-            .watch(builders.h2.serve_connection(TokioIo::new(stream), svc))
-            .await;
+        let svc = service(state, conn.clone());
+        let serving = watcher.watch(builders.h2.serve_connection(TokioIo::new(stream), svc));
+        tokio::select! {
+            _ = serving => {}
+            () = idle(&conn, builders.h2_idle) => tracing::debug!(%remote, "idle HTTP/2 connection closed"),
+        }
     } else {
         let stream = crate::framing::Checked::new(stream, conn.framing.clone());
         let svc = service(state, conn);
         let _ = watcher
             .watch(builders.h1.serve_connection(TokioIo::new(stream), svc))
             .await;
+    }
+}
+
+/// Resolves once `conn` has had no request in flight for `limit`. hyper's HTTP/2 server has no
+/// idle timeout, and a client stack answers its pings: without this, idle connections would
+/// hold `max_connections` slots for ever. (Closing drops the socket: the client sees the
+/// connection end, as after any idle timeout.)
+async fn idle(conn: &ConnInfo, limit: Duration) {
+    use std::sync::atomic::Ordering;
+    let limit_ms = limit.as_millis() as u64;
+    loop {
+        let since = conn.idle_since_ms.load(Ordering::Relaxed);
+        let now = crate::gates::unix_ms();
+        let due = if conn.in_flight.load(Ordering::Acquire) > 0 {
+            limit_ms
+        } else if now.saturating_sub(since) >= limit_ms {
+            return;
+        } else {
+            limit_ms - now.saturating_sub(since)
+        };
+        tokio::time::sleep(Duration::from_millis(due.max(10))).await;
     }
 }
 
@@ -456,6 +498,11 @@ fn service(
     service_fn(move |req| {
         let state = state.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(state, conn, req).await) }
+        async move {
+            let in_flight = crate::gates::InFlight::start(conn.clone());
+            let mut resp = proxy::handle(state, conn, req).await;
+            resp.body_mut().hold(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     })
 }

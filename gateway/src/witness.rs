@@ -103,6 +103,21 @@ impl Witness {
 }
 
 impl Witness {
+    /// The head a file witness holds (`None` for a URL, or before its first head): the log must
+    /// extend it on start. A file that is there but unreadable is an error, not a fresh start.
+    pub fn kept(&self) -> Result<Option<Seal>, String> {
+        let Target::File(path) = &self.target else {
+            return Ok(None);
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Seal::parse_head(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
     /// Delivers `log`'s current head now (bounded by a few seconds): at shutdown, after the
     /// log's close made its last writes durable.
     pub async fn deliver_last(&self, log: &lattice_audit::AuditLog) {

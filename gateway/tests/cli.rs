@@ -1715,6 +1715,19 @@ fn audit_witness_keeps_heads_outside_and_catches_a_rollback() {
         "{}",
         v.stdout
     );
+    // A gateway whose file witness holds the newer head refuses to start on the rolled-back log,
+    // instead of witnessing the older head anew.
+    std::fs::write(&head_file, &last_posted).expect("witness");
+    let mut cmd = lattice();
+    cmd.arg("serve").arg("--config").arg(&file_cfg);
+    let done = Proc::spawn(&mut cmd).finish(EXIT_TIMEOUT, "lattice serve on a rolled-back log");
+    assert!(!done.status.success(), "{}", done.stdout);
+    assert!(done.stderr.contains("rolled back"), "{}", done.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&head_file).expect("witness"),
+        last_posted,
+        "the witness was overwritten"
+    );
 }
 
 #[test]

@@ -75,7 +75,8 @@ pub struct CallView<'a> {
     /// How many choices the answer has: OpenAI's `n` (1 when absent; other surfaces have one).
     pub choices: u64,
     /// The names of the tools offered to the model, in request order: OpenAI
-    /// `tools[].function.name`, Anthropic `tools[].name` (else a tool's `type`).
+    /// `tools[].function.name` (then the legacy `functions[].name`), Anthropic `tools[].name`
+    /// (else a tool's `type`).
     pub tools: Vec<Cow<'a, str>>,
 }
 
@@ -126,6 +127,9 @@ struct Raw<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(default, borrow)]
     tools: Option<Vec<RawTool<'a>>>,
+    /// OpenAI's legacy `functions` (still honoured): offered tools too.
+    #[serde(default, borrow)]
+    functions: Option<Vec<RawFunction<'a>>>,
 }
 
 /// One entry of `tools`, in either dialect; everything but the names is skipped unparsed.
@@ -191,6 +195,12 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|t| t.function.and_then(|f| f.name).or(t.name).or(t.kind))
+            .chain(
+                raw.functions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|f| f.name),
+            )
             .map(|n| n.0)
             .collect(),
     })
@@ -252,6 +262,15 @@ mod tests {
         // `n` is OpenAI's: elsewhere there is one choice.
         let a = parse(Surface::Messages, br#"{"model":"m","n":5}"#).unwrap();
         assert_eq!(a.choices, 1);
+    }
+
+    #[test]
+    fn legacy_functions_are_offered_tools() {
+        let body = br#"{"model":"m","tools":[{"type":"function","function":{"name":"a"}}],"functions":[{"name":"Bash","parameters":{}}]}"#;
+        assert_eq!(
+            parse(Surface::ChatCompletions, body).unwrap().tools,
+            ["a", "Bash"]
+        );
     }
 
     #[test]

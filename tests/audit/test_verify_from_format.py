@@ -703,7 +703,7 @@ def test_two_edits_the_walk_comes_before_the_last_epochs_signature(work):
 
 
 def several_segments(work: Path) -> tuple[Path, list[tuple[str, list[Rec]]]]:
-    data = serve(work, calls=8, segment_bytes=4096)
+    data = serve(work, calls=14, segment_bytes=4096)
     segs = read_log(data / "audit")
     assert len(segs) >= 3, [n for n, _ in segs]
     return data, segs
@@ -904,28 +904,28 @@ def test_new_epoch_after_allow_corruption_still_reports_the_damage(work):
 
 
 def test_epoch_after_an_unsealed_flood(work):
-    # More re-chained records past the last seal than one write holds (4096): refused on start;
+    # More re-chained records past the last seal than the writer ever leaves unsealed (8192): refused on start;
     # with allow_corruption the gateway sets them aside and starts a new epoch right after the
     # last seal, which vouches for itself: the log is intact, in two epochs.
     data = serve(work, calls=3, tag="first")
     recs = read_flat(data)
     last_old = recs[-1].seq
     ev = [r for r in recs if not r.is_seal][-1]
-    write_flat(data, rechain(recs + [replace(ev) for _ in range(4097)], len(recs), renumber=True))
+    write_flat(data, rechain(recs + [replace(ev) for _ in range(8193)], len(recs), renumber=True))
     assert_rejected(data, "unsealed", last_old + 1)
     assert "allow_corruption" in serve(work, calls=0, tag="refused", refused=True)
     serve(work, calls=2, tag="epoch", audit="allow_corruption = true")
     torn = list((data / "audit").glob("torn-*.bin"))
     assert len(torn) == 1
-    # (the flood is also reported as skipped damage: more than one write holds)
-    assert_recovery_record(data, last_old, torn[0], unsealed=4097, vouch_from=last_old + 1,
+    # (the flood is also reported as skipped damage: more than the writer leaves unsealed)
+    assert_recovery_record(data, last_old, torn[0], unsealed=8193, vouch_from=last_old + 1,
                            skipped=True)
     assert_intact(data, epochs=2)
     # Hiding that record: rewrite it and re-chain. No seal of the new epoch verifies any more:
     # `forged` at its base.
     recs = [replace(r) for r in read_flat(data)]
     rec = recs[last_old]
-    rec.payload = rec.payload.replace(b'"unsealed_records":4097', b'"unsealed_records":0')
+    rec.payload = rec.payload.replace(b'"unsealed_records":8193', b'"unsealed_records":0')
     assert b'"unsealed_records":0' in rec.payload
     write_flat(data, rechain(recs, last_old))
     assert_rejected(data, "forged", last_old + 1)

@@ -593,6 +593,20 @@ async fn a_locked_principal_reaches_no_other_model_by_alias_or_override() {
     gw.stop().await;
 }
 
+/// Posts `body` to the OpenAI chat surface as it is.
+async fn post_openai(gw: &TestGateway, body: impl Into<Bytes>) -> Reply {
+    send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body,
+        ),
+    )
+    .await
+}
+
 /// Bodies that parse, but not one way only: with a content rule on, each is refused (400 in the
 /// client's dialect) and never reaches the upstream. Before, the request scan gave up on them
 /// and let them pass with the secret.
@@ -633,35 +647,22 @@ async fn bodies_the_content_rules_cannot_read_one_way_are_refused_not_forwarded(
         }),
     ];
     // The control: without an oddity, the secret is what refuses the call.
-    let r = send(
-        gw.addr,
-        request(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("content-type", "application/json")],
-            msg("", &format!("\"{key}\"")),
-        ),
-    )
-    .await;
+    let r = post_openai(&gw, msg("", &format!("\"{key}\""))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "pii_blocked");
     for (what, body) in cases {
         let before = up.recorded().len();
-        let r = send(
-            gw.addr,
-            request(
-                Method::POST,
-                "/v1/chat/completions",
-                &[("content-type", "application/json")],
-                body,
-            ),
-        )
-        .await;
+        let r = post_openai(&gw, body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "unreadable_body", "{what}");
         assert!(!r.text().contains(key), "{what}");
         assert_eq!(up.recorded().len(), before, "{what} reached the upstream");
     }
+    // An escape that splits a value for the raw scan (`\/`) is read as the upstream reads it.
+    let escaped = msg("", r#""wJalrXUtnFEMI\/K7MDENG\/bPxRfiCYEXAMPLEKEY""#);
+    let r = post_openai(&gw, escaped).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "pii_blocked");
     // In the Anthropic dialect too, as its SDK's error.
     let body = format!(
         r#"{{"model":"claude-3-5-haiku","max_tokens":5,"messages":[{{"role":"user","content":"{key}","content":"hi"}}]}}"#
@@ -711,16 +712,7 @@ async fn the_tool_filter_refuses_a_body_it_cannot_read() {
         r#""user":"\udfff""#,
     ] {
         let body = format!(r#"{{"model":"gpt-4o","max_tokens":5,{oddity},"tools":{tools},"messages":[]}}"#);
-        let r = send(
-            gw.addr,
-            request(
-                Method::POST,
-                "/v1/chat/completions",
-                &[("content-type", "application/json")],
-                body,
-            ),
-        )
-        .await;
+        let r = post_openai(&gw, body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{oddity}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "unreadable_body");
     }
@@ -799,6 +791,60 @@ async fn answers_the_filter_cannot_read_one_way_are_not_passed_on() {
         ends.iter()
             .all(|e| e["outcome"] == "stopped" || e["status"] == 502),
         "{ends:?}"
+    );
+    gw.stop().await;
+}
+
+/// OpenAI's legacy `functions` and streamed `function_call` are tools like any other: offering
+/// one not allowed is refused, and a stream that calls one is stopped.
+#[tokio::test]
+async fn legacy_functions_are_governed_like_tools() {
+    let script: Script = Arc::new(|_: &str, _: &Value| Scripted {
+        content_type: SSE,
+        encoding: None,
+        pieces: openai_sse(vec![
+            openai_chunk(
+                json!({"role": "assistant", "function_call": {"name": "shell", "arguments": ""}}),
+                Value::Null,
+            ),
+            openai_chunk(
+                json!({"function_call": {"arguments": "{\"cmd\":\"rm -rf /\"}"}}),
+                Value::Null,
+            ),
+            openai_chunk(json!({}), json!("function_call")),
+        ]),
+    });
+    let up = MockUpstream::start(Behavior {
+        script: Some(script),
+        ..Default::default()
+    })
+    .await;
+    let (_pol, cfg) = policy_config(up.addr, r#"{"allowed_tools": ["web_search"]}"#, "");
+    let gw = TestGateway::start(&cfg).await;
+    let r = chat(
+        &gw,
+        false,
+        json!({"model": "gpt-4o", "functions": [{"name": "shell", "parameters": {}}], "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "tool_not_allowed");
+    assert!(
+        up.recorded().is_empty(),
+        "a request offering `shell` reached the upstream"
+    );
+    let r = chat(
+        &gw,
+        false,
+        json!({"model": "gpt-4o", "stream": true, "functions": [{"name": "web_search", "parameters": {}}], "messages": []}),
+    )
+    .await;
+    assert!(!r.text().contains("rm -rf"), "{}", r.text());
+    assert_eq!(
+        events(&r).last().unwrap()["error"]["code"],
+        "tool_call_blocked",
+        "{}",
+        r.text()
     );
     gw.stop().await;
 }

@@ -717,6 +717,52 @@ async fn connections_that_send_nothing_are_closed_tls() {
     );
 }
 
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_though_it_answers_pings_but_not_mid_request() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (_up, gw) = setup_with(
+        Behavior {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        },
+        "http2_idle_timeout_ms = 300",
+        "",
+    )
+    .await;
+    let sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(sock),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A stream held open three times the idle timeout: in flight, so never cut.
+    let uri: http::Uri = format!("http://{}/v1/chat/completions", gw.addr).parse().unwrap();
+    let mut req = chat(&[], r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#);
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_2;
+    let resp = tx.send_request(req).await.unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        gate.add_permits(100);
+    });
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("a stream in flight was cut")
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("[DONE]"));
+    release.await.unwrap();
+    // Then idle: the client stack answers pings, yet the gateway closes the connection.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("an idle HTTP/2 connection was kept open")
+        .unwrap()
+        .ok();
+}
+
 /// Open descriptors of this process (the test and the in-process gateway).
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -2085,6 +2131,28 @@ decision := {"allow": true, "reasons": [], "obligations": shared}
     let (_, who) = writers_seen(&gw, &eve, "s-2").await;
     assert!(who.iter().all(|w| *w == eve_id), "{who:?}");
 
+    // Nor through a refused call: a bad key naming a new session, or eve's denied call (the
+    // deny list) naming ana's, creates or enters nothing.
+    let r = send(gw.addr, call("lk_not_a_key", "s-3")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(gw.addr, call(&ana, "s-3")).await.status,
+        StatusCode::OK,
+        "a bad key claimed s-3"
+    );
+    let denied = chat(
+        &[
+            ("authorization", &format!("Bearer {eve}")),
+            ("x-lattice-session", "s-1"),
+        ],
+        r#"{"model":"forbidden-x","messages":[]}"#,
+    );
+    assert_eq!(send(gw.addr, denied).await.status, StatusCode::FORBIDDEN);
+    let (_, who) = writers_seen(&gw, &ana, "s-1").await;
+    assert!(who.iter().all(|w| *w == ana_id), "{who:?}");
+    let (_, who) = writers_seen(&gw, &ana, "s-3").await;
+    assert!(!who.is_empty() && who.iter().all(|w| *w == ana_id), "{who:?}");
+
     // Delegation the policy allows (same team): ari writes into ana's session, reads only its
     // own records there, and may not mark its compactions; ana reads all of it.
     assert_eq!(send(gw.addr, call(&ari, "s-1")).await.status, StatusCode::OK);
@@ -2118,10 +2186,9 @@ decision := {"allow": true, "reasons": [], "obligations": shared}
         }
     })
     .unwrap();
-    assert_eq!(
-        refused,
-        ["", "", ""],
-        "a refused call's record landed in a session"
+    assert!(
+        refused.len() >= 3 && refused.iter().all(String::is_empty),
+        "a refused call's record landed in a session: {refused:?}"
     );
     gw.stop().await;
 }

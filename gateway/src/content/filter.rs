@@ -408,6 +408,7 @@ impl Filter {
         }
         let tools_here = self.rules.tools.is_some()
             && (data.contains("tool")
+                || data.contains("function_call")
                 || data.contains("\\u")
                 || (self.dialect == Dialect::Anthropic && !self.an_removed.is_empty()));
         if self.rules.pii.is_none() && !tools_here {
@@ -606,6 +607,15 @@ impl Filter {
                 };
                 for (pos, choice) in choices.iter_mut().enumerate() {
                     let c = as_u64(choice.get("index")).unwrap_or(pos as u64);
+                    // The legacy `function_call` delta names its function once, first: a call of
+                    // one not allowed stops the stream (its pieces carry no index to remove).
+                    if let Some(name) = choice
+                        .pointer("/delta/function_call/name")
+                        .and_then(Value::as_str)
+                        && !allowed.allows(name)
+                    {
+                        return ToolStep::Block(name.to_string());
+                    }
                     if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut)
                         && let Some(Value::Array(list)) = delta.get_mut("tool_calls")
                     {

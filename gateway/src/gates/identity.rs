@@ -81,7 +81,9 @@ impl Keys {
 struct ApiKeys {
     current: Arc<ArcSwap<Keys>>,
     dir: PathBuf,
-    reloading: std::sync::Mutex<()>,
+    /// Held while reloading on a miss; holds the stamp of a file that failed to load, so a
+    /// broken store is not re-read for every bad key.
+    reloading: std::sync::Mutex<Option<Stamp>>,
     /// Kept alive for as long as the gate: dropping it stops the reloads.
     _watcher: notify::RecommendedWatcher,
 }
@@ -108,7 +110,7 @@ impl ApiKeys {
         Ok(ApiKeys {
             current,
             dir: dir.to_path_buf(),
-            reloading: std::sync::Mutex::new(()),
+            reloading: std::sync::Mutex::new(None),
             _watcher: watcher,
         })
     }
@@ -126,9 +128,14 @@ impl ApiKeys {
             return false;
         }
         // One reload at a time; whoever waited finds it done.
-        let _one = self.reloading.lock();
+        let Ok(mut failed) = self.reloading.lock() else {
+            return false;
+        };
         if self.current.load().stamp != seen {
             return true;
+        }
+        if now.is_some() && *failed == now {
+            return false;
         }
         match Keys::load(&self.dir) {
             Ok(k) => {
@@ -141,6 +148,7 @@ impl ApiKeys {
             }
             Err(e) => {
                 tracing::error!(error = %e, "API keys not reloaded");
+                *failed = now;
                 false
             }
         }

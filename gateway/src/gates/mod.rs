@@ -43,6 +43,36 @@ pub struct ConnInfo {
     pub mtls_principal: std::sync::OnceLock<Option<Arc<Principal>>>,
     /// HTTP/1.1: whether the connection's framing was refused (`crate::framing`).
     pub framing: Arc<crate::framing::Framing>,
+    /// Requests whose responses are not yet done, and since when (unix ms) there were none:
+    /// an HTTP/2 connection idle past its timeout is closed.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A request in flight on its connection, from its start until its response body is dropped
+/// (sent, or abandoned).
+pub struct InFlight(Arc<ConnInfo>);
+
+impl InFlight {
+    pub fn start(conn: Arc<ConnInfo>) -> InFlight {
+        conn.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0.idle_since_ms.store(unix_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// Who is calling: set by the identity gate, read by every later gate.
