@@ -164,7 +164,9 @@ pub struct Scanned {
 }
 
 /// Keys whose string values are not text: identifiers, roles, model names, inline images,
-/// protocol fields of answers, and signatures (which must come back byte for byte).
+/// protocol fields of answers, and signatures (which must come back byte for byte). Skipped
+/// only in the protocol's own objects: inside a tool call's `input` (or `metadata`,
+/// `parameters`) they are data like any other.
 fn skipped(key: &str) -> bool {
     matches!(
         key,
@@ -282,6 +284,14 @@ pub(crate) struct Rewriter<'a> {
     pub tally: &'a mut Tally,
     pub blocked: Option<Box<str>>,
     hits: Vec<pii::Hit>,
+    /// How deep the walk is inside free-form data (a tool call's `input`, `metadata`), where
+    /// no key is protocol and every string is scanned.
+    in_data: u32,
+}
+
+/// Keys whose values are free-form data, not protocol: below them nothing is skipped.
+fn free_form(key: &str) -> bool {
+    matches!(key, "input" | "metadata" | "parameters")
 }
 
 impl<'a> Rewriter<'a> {
@@ -292,6 +302,7 @@ impl<'a> Rewriter<'a> {
             tally,
             blocked: None,
             hits: Vec::new(),
+            in_data: 0,
         }
     }
 
@@ -318,7 +329,11 @@ impl<'a> Rewriter<'a> {
             Value::Array(a) => a.iter_mut().for_each(|v| self.walk(v)),
             Value::Object(m) => {
                 for (k, v) in m.iter_mut() {
-                    if !skipped(k) {
+                    if free_form(k) {
+                        self.in_data += 1;
+                        self.walk(v);
+                        self.in_data -= 1;
+                    } else if self.in_data > 0 || !skipped(k) {
                         self.walk(v);
                     }
                 }
@@ -445,6 +460,28 @@ mod tests {
         let s = pii.request(anthropic, &actions(Action::Redact, &[("secret", Action::Block)]));
         assert_eq!(s.blocked.as_deref(), Some("secret"));
         assert!(s.body.is_none());
+    }
+
+    #[test]
+    fn protocol_key_names_inside_tool_input_are_scanned() {
+        let pii = Pii::new(PiiConfig::default()).unwrap();
+        let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
+        for field in ["data", "id", "type", "signature", "model"] {
+            let body = format!(
+                r#"{{"model":"claude","messages":[{{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_01","name":"x","input":{{"nested":{{"{field}":"{key}"}}}}}}]}}]}}"#
+            );
+            let s = pii.request(
+                body.as_bytes(),
+                &actions(Action::Allow, &[("secret", Action::Block)]),
+            );
+            assert_eq!(s.blocked.as_deref(), Some("secret"), "{field}");
+        }
+        // The protocol's own ids are still left alone.
+        let s = pii.request(
+            br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"tool_use","id":"toolu_01A09q90qw90lq917835lq9abcdefghijk","name":"x","input":{}}]}]}"#,
+            &actions(Action::Redact, &[]),
+        );
+        assert!(s.findings.is_empty(), "{:?}", s.findings);
     }
 
     #[test]
