@@ -2194,8 +2194,9 @@ decision := {"allow": true, "reasons": [], "obligations": shared}
 }
 
 /// A key issued against a running gateway (as `lattice keys create` does, writing the store in
-/// its data dir) works on its very next call, twenty times over: the gateway looks at the store
-/// when it meets an unknown key instead of waiting for its file watcher.
+/// its data dir) works on its very next call, and a revoked one fails on its next, twenty times
+/// over: the gateway looks at the store's file on every lookup instead of waiting for its
+/// file watcher.
 #[tokio::test]
 async fn a_key_works_on_the_call_right_after_it_is_issued() {
     let up = MockUpstream::start(Behavior::default()).await;
@@ -2208,13 +2209,19 @@ async fn a_key_works_on_the_call_right_after_it_is_issued() {
     let gw = TestGateway::start(&cfg).await;
     for i in 0..20 {
         let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
-        let (_, key) = store.create(&format!("u{i}"), "research", &[], None).unwrap();
-        let r = send(
-            gw.addr,
-            chat(&[("authorization", &format!("Bearer {key}"))], CHAT),
-        )
-        .await;
+        let (rec, key) = store.create(&format!("u{i}"), "research", &[], None).unwrap();
+        let auth = format!("Bearer {key}");
+        let r = send(gw.addr, chat(&[("authorization", &auth)], CHAT)).await;
         assert_eq!(r.status, StatusCode::OK, "key {i}: {}", r.text());
+        // And a revoked one stops on its very next call (`lattice keys revoke`).
+        store.revoke(&rec.id).unwrap();
+        let r = send(gw.addr, chat(&[("authorization", &auth)], CHAT)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "revoked key {i}: {}",
+            r.text()
+        );
     }
     // An unknown key is still refused, and the store is not reloaded for it.
     let r = send(gw.addr, chat(&[("authorization", "Bearer lk_not_a_key")], CHAT)).await;

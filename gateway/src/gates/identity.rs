@@ -7,10 +7,12 @@
 //! - `jwt`: an `Authorization: Bearer` value with a JWT's shape, verified by [`crate::jwt`] (a
 //!   verified token's principal is cached until the token expires or the keys change).
 //! - `api_key`: `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs), checked
-//!   against the key store in the data dir, which is reloaded when the file changes, so `lattice
-//!   keys revoke` takes effect without a restart. A lookup is one map access and one SHA-256 of
-//!   the presented key (~0.3 us), so it needs no cache: a cache would cost as much (it hashes the
-//!   key too) and would have to be invalidated on revoke. The principal is built once per key.
+//!   against the key store in the data dir. Each lookup `stat`s the store's file (about a
+//!   microsecond) and reloads it when it changed, so a key from `lattice keys create` works, and
+//!   one `lattice keys revoke`d fails, on the next call (a file watcher reloads it too). A lookup
+//!   is one map access and one SHA-256 of the presented key (~0.3 us), so it needs no cache: a
+//!   cache would cost as much (it hashes the key too) and would have to be invalidated on revoke.
+//!   The principal is built once per key.
 //!
 //! A method whose credential is absent is skipped; the first method whose credential is present
 //! decides, so a bad credential is refused even when a later method would have accepted another.
@@ -81,7 +83,9 @@ impl Keys {
 struct ApiKeys {
     current: Arc<ArcSwap<Keys>>,
     dir: PathBuf,
-    /// Held while reloading on a miss; holds the stamp of a file that failed to load, so a
+    /// The store's file, `stat`ed on every lookup.
+    file: PathBuf,
+    /// Held while reloading; holds the stamp of a file that failed to load, so a
     /// broken store is not re-read for every bad key.
     reloading: std::sync::Mutex<Option<Stamp>>,
     /// Kept alive for as long as the gate: dropping it stops the reloads.
@@ -110,20 +114,22 @@ impl ApiKeys {
         Ok(ApiKeys {
             current,
             dir: dir.to_path_buf(),
+            file: dir.join(crate::keys::FILE),
             reloading: std::sync::Mutex::new(None),
             _watcher: watcher,
         })
     }
 
-    /// An unknown key may be one just issued (`lattice keys create` against the running
-    /// gateway) that the file watcher has not reloaded yet: look at the store's file now (one
-    /// `stat`) and reload it when it changed. Only an editor of the data dir can change it, so
-    /// a flood of bad keys costs a `stat` each and no reload. True when the store in force is
-    /// newer than the one the caller looked in.
-    fn refresh_on_miss(&self) -> bool {
+    /// The key store may have changed since it was loaded (`lattice keys create` or `revoke`
+    /// against the running gateway) without the file watcher having reloaded it yet: look at
+    /// the store's file now (one `stat`, about a microsecond) and reload it when it changed.
+    /// Called on every key lookup, so an issued key works and a revoked one stops on the next
+    /// call. Only an editor of the data dir can change the file, so a flood of bad keys costs
+    /// a `stat` each and no reload. True when the store in force is newer than the one the
+    /// caller looked in.
+    fn refresh(&self) -> bool {
         let seen = self.current.load().stamp;
-        let file = self.dir.join(crate::keys::FILE);
-        let now = stamp(&file);
+        let now = stamp(&self.file);
         if now == seen {
             return false;
         }
@@ -139,10 +145,7 @@ impl ApiKeys {
         }
         match Keys::load(&self.dir) {
             Ok(k) => {
-                tracing::info!(
-                    keys = k.principals.len(),
-                    "API keys reloaded (an unknown key was presented)"
-                );
+                tracing::info!(keys = k.principals.len(), "API keys reloaded (the store changed)");
                 self.current.store(Arc::new(k));
                 true
             }
@@ -373,8 +376,11 @@ impl Identity {
                                     .ok_or(KeyRejection::Invalid)
                             })
                     };
+                    // Looked up again when the store changed since it was loaded: a key issued
+                    // or revoked a moment ago is decided by the store as it is now.
                     let found = match lookup() {
-                        Err(KeyRejection::Invalid) if api_keys.refresh_on_miss() => lookup(),
+                        Err(KeyRejection::Expired) => Err(KeyRejection::Expired),
+                        _ if api_keys.refresh() => lookup(),
                         found => found,
                     };
                     return found.map_err(|r| unauthenticated(r.code(), r.to_string()));
