@@ -12,6 +12,7 @@
 
 pub mod log;
 pub mod record;
+mod recover;
 pub mod seal;
 pub mod storage;
 pub mod verify;

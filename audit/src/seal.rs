@@ -278,6 +278,26 @@ pub enum Uncovered {
     Forged { from: u64, to: u64, seal: u64 },
 }
 
+impl std::fmt::Display for Uncovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uncovered::Malformed { seq, why } => write!(f, "record {seq} is not a valid seal: {why}"),
+            Uncovered::Base { seq, base, expected } => write!(
+                f,
+                "the seal at record {seq} vouches from record {base}, which an earlier seal already covers (expected {expected} or a new epoch past it)"
+            ),
+            Uncovered::Gap { from, to } => write!(
+                f,
+                "records {from}..={to} are covered by no seal: added without the key, or a write a crash cut short (the gateway sets such a tail aside on start)"
+            ),
+            Uncovered::Forged { from, to, seal } => write!(
+                f,
+                "records {from}..={to} are not what was signed: the seal at record {seal} does not verify under this key"
+            ),
+        }
+    }
+}
+
 /// Follows the seals of a chain, record by record, and checks that they cover it. Only the last
 /// seal of each epoch is verified (plus a binary search when it fails, to name where the chain
 /// was rewritten): one signature vouches for a whole epoch.

@@ -85,33 +85,15 @@ impl Summary {
 }
 
 fn uncovered(u: Uncovered) -> Finding {
-    match u {
-        Uncovered::Malformed { seq, why } => Finding {
-            damage: Damage::Forged,
-            seq,
-            detail: format!("record {seq} is not a valid seal: {why}"),
-        },
-        Uncovered::Base { seq, base, expected } => Finding {
-            damage: Damage::Forged,
-            seq,
-            detail: format!(
-                "the seal at record {seq} vouches from record {base}, which an earlier seal already covers (expected {expected} or a new epoch past it)"
-            ),
-        },
-        Uncovered::Gap { from, to } => Finding {
-            damage: Damage::Unsealed,
-            seq: from,
-            detail: format!(
-                "records {from}..={to} are covered by no seal: added without the key, or a write a crash cut short (the gateway sets such a tail aside on start)"
-            ),
-        },
-        Uncovered::Forged { from, to, seal } => Finding {
-            damage: Damage::Forged,
-            seq: from,
-            detail: format!(
-                "records {from}..={to} are not what was signed: the seal at record {seal} does not verify under this key"
-            ),
-        },
+    let (damage, seq) = match u {
+        Uncovered::Malformed { seq, .. } | Uncovered::Base { seq, .. } => (Damage::Forged, seq),
+        Uncovered::Gap { from, .. } => (Damage::Unsealed, from),
+        Uncovered::Forged { from, .. } => (Damage::Forged, from),
+    };
+    Finding {
+        damage,
+        seq,
+        detail: u.to_string(),
     }
 }
 

@@ -943,8 +943,8 @@ pub async fn handle(
             && state
                 .audit
                 .as_ref()
-                .and_then(|a| a.session_info(session))
-                .is_some_and(|(owner, _)| owner == caller || call.session_shared);
+                .and_then(|a| a.session_owned_by(session, caller))
+                .is_some_and(|owns| owns || call.session_shared);
         let session = if may_write {
             session
         } else {

@@ -309,29 +309,8 @@ async fn serve_conn(
                 return;
             }
         };
-        let conn = Arc::new(ConnInfo {
-            remote: Some(remote),
-            tls: false,
-            peer_certs: None,
-            mtls_principal: Default::default(),
-            framing: Default::default(),
-            in_flight: Default::default(),
-            idle_since_ms: crate::gates::unix_ms().into(),
-        });
-        if h2 {
-            let svc = service(state, conn.clone());
-            let serving = watcher.watch(builders.h2.serve_connection(TokioIo::new(sock), svc));
-            tokio::select! {
-                _ = serving => {}
-                () = idle(&conn, builders.h2_idle) => tracing::debug!(%remote, "idle HTTP/2 connection closed"),
-            }
-        } else {
-            let sock = crate::framing::Checked::new(sock, conn.framing.clone());
-            let svc = service(state, conn);
-            let _ = watcher
-                .watch(builders.h1.serve_connection(TokioIo::new(sock), svc))
-                .await;
-        }
+        let conn = Arc::new(ConnInfo::new(remote, false, None));
+        serve_http(sock, h2, conn, state, &builders, watcher).await;
         return;
     };
     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(sock)).await {
@@ -350,27 +329,36 @@ async fn serve_conn(
     let peer_certs = session
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
-    let conn = Arc::new(ConnInfo {
-        remote: Some(remote),
-        tls: true,
-        peer_certs,
-        mtls_principal: Default::default(),
-        framing: Default::default(),
-        in_flight: Default::default(),
-        idle_since_ms: crate::gates::unix_ms().into(),
-    });
+    let conn = Arc::new(ConnInfo::new(remote, true, peer_certs));
+    serve_http(stream, h2, conn, state, &builders, watcher).await;
+}
+
+/// Serves HTTP/2 (with its idle timeout) or HTTP/1.1 (through the framing check) on `io`, plain
+/// or TLS alike.
+async fn serve_http<IO>(
+    io: IO,
+    h2: bool,
+    conn: Arc<ConnInfo>,
+    state: Arc<State>,
+    builders: &Builders,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     if h2 {
         let svc = service(state, conn.clone());
-        let serving = watcher.watch(builders.h2.serve_connection(TokioIo::new(stream), svc));
+        let serving = watcher.watch(builders.h2.serve_connection(TokioIo::new(io), svc));
         tokio::select! {
             _ = serving => {}
-            () = idle(&conn, builders.h2_idle) => tracing::debug!(%remote, "idle HTTP/2 connection closed"),
+            () = idle(&conn, builders.h2_idle) => {
+                tracing::debug!(remote = ?conn.remote, "idle HTTP/2 connection closed");
+            }
         }
     } else {
-        let stream = crate::framing::Checked::new(stream, conn.framing.clone());
+        let io = crate::framing::Checked::new(io, conn.framing.clone());
         let svc = service(state, conn);
         let _ = watcher
-            .watch(builders.h1.serve_connection(TokioIo::new(stream), svc))
+            .watch(builders.h1.serve_connection(TokioIo::new(io), svc))
             .await;
     }
 }

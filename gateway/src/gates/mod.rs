@@ -49,6 +49,21 @@ pub struct ConnInfo {
     pub idle_since_ms: std::sync::atomic::AtomicU64,
 }
 
+impl ConnInfo {
+    /// A new connection's facts; its framing and idle time start clean.
+    pub fn new(remote: SocketAddr, tls: bool, peer_certs: Option<Vec<CertificateDer<'static>>>) -> ConnInfo {
+        ConnInfo {
+            remote: Some(remote),
+            tls,
+            peer_certs,
+            mtls_principal: Default::default(),
+            framing: Default::default(),
+            in_flight: Default::default(),
+            idle_since_ms: unix_ms().into(),
+        }
+    }
+}
+
 /// The unix time in milliseconds.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

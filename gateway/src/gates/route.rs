@@ -18,11 +18,16 @@ impl Gate for RouteGate {
     }
 
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
-        // A policy's `model` override is where the call goes.
-        let model = call.model_override.as_deref().unwrap_or(&call.view.model);
-        if self.0.resolve(model).is_some() {
+        // The asked model was resolved before the gates (`call.route`); a policy's `model`
+        // override is where the call goes instead.
+        let routed = match call.model_override.as_deref() {
+            None => call.route.is_some(),
+            Some(m) => self.0.resolve(m).is_some(),
+        };
+        if routed {
             return Ok(());
         }
+        let model = call.model_override.as_deref().unwrap_or(&call.view.model);
         Err(Denial {
             gate: "route",
             code: "model_not_found",

@@ -37,14 +37,14 @@ impl Gate for SessionOwner {
     }
 
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
-        let Some((owner, _)) = self.0.session_info(call.session) else {
-            // A new session: this call creates it, for its principal.
-            return Ok(());
-        };
         let caller = call.principal.as_deref().map_or("", |p| p.id.as_str());
-        if owner == caller {
+        // A new session (this call creates it, for its principal), or the caller's own.
+        if self.0.session_owned_by(call.session, caller) != Some(false) {
             return Ok(());
         }
+        let Some((owner, _)) = self.0.session_info(call.session) else {
+            return Ok(());
+        };
         // Another principal's session (rare: read the owner's first record for its team).
         let first = self
             .0
