@@ -179,6 +179,11 @@ pub(crate) struct Index {
 /// deleted: the boundary only tells a client where to resume reading.
 pub const COMPACTION: &str = "session.compaction";
 
+/// The event kinds of a model call's two records (the gateway writes them; the spend reports and
+/// the budget ledger's rebuild read them back). The log itself treats them as opaque.
+pub const CALL_DECISION: &str = "call.decision";
+pub const CALL_END: &str = "call.end";
+
 /// The event kind the log writes on open when recovery set a tail aside or skipped damage.
 pub const RECOVERY: &str = "audit.recovery";
 

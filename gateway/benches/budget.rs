@@ -18,7 +18,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lattice_gateway::Config;
 use lattice_gateway::budget::usage::{Basis, Meter, Usage};
 use lattice_gateway::budget::{Ask, Budgets, ledger::Embedded};
-use lattice_gateway::gates::Principal;
+use lattice_gateway::identity::Principal;
 use lattice_providers::Dialect;
 
 fn report(name: &str, mut t: Vec<Duration>) {

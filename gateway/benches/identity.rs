@@ -13,8 +13,8 @@ use base64::Engine;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lattice_gateway::config::{JwksSource, JwtAlgorithm, JwtConfig};
-use lattice_gateway::jwt::{Jwks, JwtVerifier};
-use lattice_gateway::keys::{KeyStore, now_secs};
+use lattice_gateway::identity::jwt::{Jwks, JwtVerifier};
+use lattice_gateway::identity::keys::{KeyStore, now_secs};
 use rustls_pki_types::pem::PemObject;
 
 fn report(name: &str, mut t: Vec<Duration>) {
@@ -58,7 +58,7 @@ fn identity(c: &mut Criterion) {
     });
 
     // JWTs: the RSA test key of tests/fixtures and a fresh P-256 key.
-    lattice_gateway::jwt_crypto::install();
+    lattice_gateway::identity::jwt_crypto::install();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jwt");
     let rsa = rustls_pki_types::PrivatePkcs1KeyDer::from_pem_file(fixtures.join("rs256.key")).unwrap();
     let rsa = EncodingKey::from_rsa_der(rsa.secret_pkcs1_der());

@@ -20,6 +20,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
+pub use crate::identity::jwt::{JwksSource, JwtAlgorithm, JwtConfig};
+
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -285,41 +287,6 @@ fn default_team_claim() -> String {
 
 fn default_roles_claim() -> String {
     "roles".into()
-}
-
-/// The JWT signature algorithms the gateway verifies. `none` and the algorithms a key could be
-/// confused with are never accepted; HS256 must be named explicitly (it needs a shared secret).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum JwtAlgorithm {
-    RS256,
-    ES256,
-    HS256,
-}
-
-/// Where the token signing keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// A JWKS document on disk, reloaded when it changes.
-    File(PathBuf),
-    /// A JWKS endpoint, fetched at start and every `refresh` (and early, for an unknown `kid`).
-    Url(Uri),
-}
-
-/// JWT bearer tokens (OAuth2 / OIDC access or ID tokens).
-#[derive(Debug, Clone)]
-pub struct JwtConfig {
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub algorithms: Vec<JwtAlgorithm>,
-    pub jwks: JwksSource,
-    pub refresh: Duration,
-    pub leeway_secs: u64,
-    /// Claim paths (dotted, e.g. `realm_access.roles`) for the principal's fields.
-    pub user_claim: String,
-    pub team_claim: String,
-    pub roles_claim: String,
-    /// Principal attribute name -> claim path.
-    pub attribute_claims: BTreeMap<String, String>,
 }
 
 /// The identity gate's settings.

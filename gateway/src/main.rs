@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lattice_gateway::{Config, Server, certs, keys, policy, telemetry};
+use lattice_gateway::identity::keys;
+use lattice_gateway::{Config, Server, certs, policy, telemetry};
 
 #[derive(Parser)]
 #[command(

@@ -41,7 +41,7 @@ pub struct State {
     tools: crate::content::tools::ToolsConfig,
     pipeline: Pipeline,
     policy: Option<Arc<PolicyStore>>,
-    jwks: Option<Arc<crate::jwt::Jwks>>,
+    jwks: Option<Arc<crate::identity::jwt::Jwks>>,
     audit: Option<Arc<lattice_audit::AuditLog>>,
     /// Where signed heads are copied (`[audit] witness`).
     witness: Option<crate::witness::Witness>,
@@ -83,7 +83,7 @@ impl State {
             .identity
             .jwt
             .as_ref()
-            .map(crate::jwt::Jwks::start)
+            .map(crate::identity::jwt::Jwks::start)
             .transpose()?;
         let mut kept_storage = None;
         let audit = match &config.audit {
@@ -198,7 +198,7 @@ impl State {
     }
 
     /// The JWT signing keys, when `[identity.jwt]` is configured.
-    pub fn jwks(&self) -> Option<&Arc<crate::jwt::Jwks>> {
+    pub fn jwks(&self) -> Option<&Arc<crate::identity::jwt::Jwks>> {
         self.jwks.as_ref()
     }
 }

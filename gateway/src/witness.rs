@@ -71,7 +71,7 @@ impl Witness {
         let target = self.target.clone();
         let interval = self.interval;
         let client = match &target {
-            Target::Url(_) => match crate::upstream::build_client(Duration::from_secs(5)) {
+            Target::Url(_) => match crate::client::build_client(Duration::from_secs(5)) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::error!(error = %e, "audit witness: no HTTP client; heads are not copied");
@@ -123,7 +123,7 @@ impl Witness {
     pub async fn deliver_last(&self, log: &lattice_audit::AuditLog) {
         let Some(head) = log.head() else { return };
         let client = match &self.target {
-            Target::Url(_) => crate::upstream::build_client(Duration::from_secs(2)).ok(),
+            Target::Url(_) => crate::client::build_client(Duration::from_secs(2)).ok(),
             Target::File(_) => None,
         };
         let delivered = tokio::time::timeout(
@@ -162,7 +162,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 async fn deliver(
     target: &Target,
-    client: Option<&crate::upstream::HttpClient>,
+    client: Option<&crate::client::HttpClient>,
     head: &Seal,
 ) -> Result<(), String> {
     let mut json = head.head_json();

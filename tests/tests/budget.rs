@@ -677,7 +677,7 @@ usd = 0.000015
 async fn spend_is_reported_per_principal_to_finance_only() {
     let up = UsageUpstream::start(None).await;
     let data = tempfile::tempdir().unwrap();
-    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let mut store = lattice_gateway::identity::keys::KeyStore::open(data.path()).unwrap();
     let (ana_rec, ana) = store.create("ana", "research", &[], None).unwrap();
     let (_, bo) = store.create("bo", "support", &[], None).unwrap();
     let (_, fin) = store
@@ -866,7 +866,8 @@ async fn a_scraper_reads_metrics_without_a_key_and_spend_stays_behind_finance() 
     )
     .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"", 1);
     let gw = TestGateway::start(&cfg).await;
-    let mut store = lattice_gateway::keys::KeyStore::open(&gw.dir.path().join("lattice-data")).unwrap();
+    let mut store =
+        lattice_gateway::identity::keys::KeyStore::open(&gw.dir.path().join("lattice-data")).unwrap();
     let (_, dev) = store.create("ana", "research", &[], None).unwrap();
     let (_, fin) = store.create("fay", "finance", &["finance".into()], None).unwrap();
     let call = request(

@@ -988,10 +988,15 @@ async fn a_gate_denial_is_rendered_in_the_callers_dialect() {
 async fn api_keys_identify_callers_and_revocation_needs_no_restart() {
     let up = MockUpstream::start(Behavior::default()).await;
     let data = tempfile::tempdir().unwrap();
-    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let mut store = lattice_gateway::identity::keys::KeyStore::open(data.path()).unwrap();
     let (rec, key) = store.create("ana", "research", &["dev".into()], None).unwrap();
     let (_, old) = store
-        .create("bo", "research", &[], Some(lattice_gateway::keys::now_secs() - 1))
+        .create(
+            "bo",
+            "research",
+            &[],
+            Some(lattice_gateway::identity::keys::now_secs() - 1),
+        )
         .unwrap();
     let cfg = format!(
         "data_dir = \"{}\"\n[identity]\nmethods = [\"api_key\"]\n{}",
@@ -1037,7 +1042,7 @@ async fn api_keys_identify_callers_and_revocation_needs_no_restart() {
     let before = up.recorded().len();
 
     // Revoked by another process (the CLI): the running gateway refuses the key, no restart.
-    lattice_gateway::keys::KeyStore::open(data.path())
+    lattice_gateway::identity::keys::KeyStore::open(data.path())
         .unwrap()
         .revoke(&rec.id)
         .unwrap();
@@ -1078,7 +1083,7 @@ async fn with_policy(
     data: &std::path::Path,
     policy_dir: &std::path::Path,
 ) -> (TestGateway, String, String) {
-    let mut store = lattice_gateway::keys::KeyStore::open(data).unwrap();
+    let mut store = lattice_gateway::identity::keys::KeyStore::open(data).unwrap();
     let (_, research) = store.create("ana", "research", &[], None).unwrap();
     let (_, support) = store.create("bo", "support", &[], None).unwrap();
     let cfg = format!(
@@ -1152,7 +1157,7 @@ async fn rego_decides_and_its_obligations_are_enforced() {
 
     // The tools a request offers reach the policy (input.request.tools), in both dialects: a
     // restricted team is refused `shell`; the general-purpose `research` team offers any tool.
-    let (_, analysts) = lattice_gateway::keys::KeyStore::open(data.path())
+    let (_, analysts) = lattice_gateway::identity::keys::KeyStore::open(data.path())
         .unwrap()
         .create("al", "analysts", &[], None)
         .unwrap();
@@ -1419,7 +1424,7 @@ struct Signer {
 impl Signer {
     fn new(ec_kid: &str) -> Signer {
         use base64::Engine;
-        lattice_gateway::jwt_crypto::install();
+        lattice_gateway::identity::jwt_crypto::install();
         use rustls_pki_types::pem::PemObject;
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jwt");
         let rsa = rustls_pki_types::PrivatePkcs1KeyDer::from_pem_file(fixtures.join("rs256.key")).unwrap();
@@ -1455,7 +1460,7 @@ impl Signer {
 }
 
 fn claims(team: &str, f: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
-    let now = lattice_gateway::keys::now_secs();
+    let now = lattice_gateway::identity::keys::now_secs();
     let mut c = serde_json::json!({"iss": "https://idp.test", "aud": "lattice", "sub": "user-17",
         "email": "ana@example.com", "groups": [team], "exp": now + 600, "iat": now});
     f(&mut c);
@@ -1494,7 +1499,7 @@ async fn jwt_bearer_tokens_from_a_jwks_url_identify_callers() {
     .await;
     let (data, pol) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(pol.path().join("p.rego"), JWT_POLICY).unwrap();
-    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let mut store = lattice_gateway::identity::keys::KeyStore::open(data.path()).unwrap();
     let (_, api_key) = store.create("bo", "research", &[], None).unwrap();
     let url = format!("jwks_url = \"http://{}/jwks.json\"", idp.addr);
     let gw = TestGateway::start(&jwt_config(up.addr, data.path(), pol.path(), &url)).await;
@@ -1764,7 +1769,7 @@ async fn a_token_from_a_rotated_key_makes_the_gateway_fetch_the_jwks_again() {
 async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
     let up = MockUpstream::start(Behavior::default()).await;
     let data = tempfile::tempdir().unwrap();
-    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let mut store = lattice_gateway::identity::keys::KeyStore::open(data.path()).unwrap();
     let (ana_rec, ana) = store.create("ana", "research", &[], None).unwrap();
     let (_, bo) = store.create("bo", "research", &[], None).unwrap();
     let (_, root) = store.create("root", "ops", &["admin".into()], None).unwrap();
@@ -1966,7 +1971,7 @@ async fn every_call_leaves_a_record_and_sessions_are_readable_by_their_owner() {
         }
     })
     .unwrap();
-    let root_id = lattice_gateway::keys::KeyStore::open(data.path())
+    let root_id = lattice_gateway::identity::keys::KeyStore::open(data.path())
         .unwrap()
         .records()
         .find(|k| k.user == "root")
@@ -2032,7 +2037,11 @@ async fn when_the_audit_log_cannot_sync_calls_are_refused_never_unrecorded() {
 }
 
 /// A key of `team` for `user`, and its principal id.
-fn key_for(store: &mut lattice_gateway::keys::KeyStore, user: &str, team: &str) -> (String, String) {
+fn key_for(
+    store: &mut lattice_gateway::identity::keys::KeyStore,
+    user: &str,
+    team: &str,
+) -> (String, String) {
     let (rec, key) = store.create(user, team, &[], None).unwrap();
     (key, rec.id.clone())
 }
@@ -2064,7 +2073,7 @@ async fn writers_seen(gw: &TestGateway, key: &str, session: &str) -> (StatusCode
 async fn a_session_is_its_creators_no_other_tenant_squats_or_writes_into_it() {
     let up = MockUpstream::start(Behavior::default()).await;
     let data = tempfile::tempdir().unwrap();
-    let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+    let mut store = lattice_gateway::identity::keys::KeyStore::open(data.path()).unwrap();
     let (ana, ana_id) = key_for(&mut store, "ana", "research");
     let (ari, ari_id) = key_for(&mut store, "ari", "research");
     let (eve, eve_id) = key_for(&mut store, "eve", "rivals");
@@ -2208,7 +2217,7 @@ async fn a_key_works_on_the_call_right_after_it_is_issued() {
     );
     let gw = TestGateway::start(&cfg).await;
     for i in 0..20 {
-        let mut store = lattice_gateway::keys::KeyStore::open(data.path()).unwrap();
+        let mut store = lattice_gateway::identity::keys::KeyStore::open(data.path()).unwrap();
         let (rec, key) = store.create(&format!("u{i}"), "research", &[], None).unwrap();
         let auth = format!("Bearer {key}");
         let r = send(gw.addr, chat(&[("authorization", &auth)], CHAT)).await;

@@ -34,8 +34,10 @@ use ledger::{AccountRef, Amount, BudgetStore, Caps};
 use prices::{Price, PriceTable, RawPrice};
 use usage::{Basis, Usage};
 
-use crate::gates::Principal;
-use crate::router::Pattern;
+use lattice_providers::CallView;
+
+use crate::identity::Principal;
+use crate::pattern::Pattern;
 
 // ---- configuration -----------------------------------------------------------------------
 
@@ -419,17 +421,6 @@ struct RateLimit {
     tpm: Option<(Limiter, NonZeroU32)>,
 }
 
-/// Where a call is priced: the upstream and the model name it is sent under (a policy's model,
-/// else the route's upstream name for the model, else the model as asked).
-pub fn priced_as<'a>(call: &'a crate::gates::Call<'_>) -> (&'a str, &'a str) {
-    let v = call.view;
-    match (&call.model_override, call.route) {
-        (Some(m), _) => ("", m.as_str()),
-        (None, Some(r)) => (&*r.upstream.name, r.upstream_model.as_deref().unwrap_or(&v.model)),
-        (None, None) => ("", v.model.as_ref()),
-    }
-}
-
 /// What the budget gate asks the ledger to reserve for.
 #[derive(Clone, Copy)]
 pub struct Ask<'a> {
@@ -463,7 +454,7 @@ pub struct Budgets {
     store: Arc<dyn BudgetStore>,
     windows: ArcSwap<Windows>,
     rates: Vec<RateLimit>,
-    webhook: Option<crate::upstream::WebhookClient>,
+    webhook: Option<crate::client::WebhookClient>,
     /// Charged since the process started, by team and model (Prometheus counters).
     totals: std::sync::Mutex<Totals>,
 }
@@ -517,7 +508,7 @@ impl Budgets {
                 tpm: r.tpm.map(|n| (Limiter::keyed(Quota::per_minute(n)), n)),
             })
             .collect();
-        let webhook = config.webhook.clone().map(crate::upstream::WebhookClient::new);
+        let webhook = config.webhook.clone().map(crate::client::WebhookClient::new);
         Ok(Some(Arc::new(Budgets {
             config,
             prices,
@@ -602,12 +593,10 @@ impl Budgets {
 
     /// `request.estimated_cost_usd` of the policy input: the worst case the budget gate will
     /// reserve, in USD; `None` without a price.
-    pub fn estimate(&self, call: &crate::gates::Call<'_>) -> Option<f64> {
-        let v = call.view;
-        let (upstream, model) = priced_as(call);
+    pub fn estimate(&self, upstream: &str, model: &str, v: &CallView<'_>, body_len: usize) -> Option<f64> {
         let price = self.prices.get(upstream, model)?;
         let (input, output) = self.worst_case(
-            call.body.len(),
+            body_len,
             v.max_tokens,
             v.choices,
             v.surface != lattice_providers::Surface::Embeddings,

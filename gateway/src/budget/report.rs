@@ -63,7 +63,7 @@ struct End {
 pub fn replay(storage: &dyn lattice_audit::Storage, mut f: impl FnMut(Charge)) -> std::io::Result<()> {
     let mut open: HashMap<String, Charge> = HashMap::new();
     lattice_audit::verify::for_each_record(storage, |r| match r.event.kind.as_str() {
-        crate::gates::audit::DECISION => {
+        lattice_audit::log::CALL_DECISION => {
             if let Ok(Decision {
                 principal,
                 budget: Some(b),
@@ -89,7 +89,7 @@ pub fn replay(storage: &dyn lattice_audit::Storage, mut f: impl FnMut(Charge)) -
                 );
             }
         }
-        crate::gates::audit::END => {
+        lattice_audit::log::CALL_END => {
             if let Ok(End { spend: Some(s) }) = serde_json::from_slice::<End>(&r.event.payload)
                 && let Some(mut c) = open.remove(&s.id)
             {

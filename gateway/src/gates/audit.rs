@@ -25,8 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Call, Denial, Principal};
 
-pub const DECISION: &str = "call.decision";
-pub const END: &str = "call.end";
+pub use lattice_audit::log::{CALL_DECISION as DECISION, CALL_END as END};
 
 #[derive(Serialize)]
 struct Who<'a> {

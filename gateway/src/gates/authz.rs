@@ -107,7 +107,10 @@ fn input(call: &Call<'_>, budgets: Option<&crate::budget::Budgets>) -> Value {
         (
             "estimated_cost_usd",
             budgets
-                .and_then(|b| b.estimate(call))
+                .and_then(|b| {
+                    let (upstream, model) = call.priced_as();
+                    b.estimate(upstream, model, call.view, call.body.len())
+                })
                 .map_or(Value::Null, Value::from),
         ),
     ]);

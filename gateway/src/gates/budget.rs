@@ -23,7 +23,7 @@ impl Gate for BudgetGate {
         if v.surface == Surface::CountTokens {
             return Ok(());
         }
-        let (upstream, model) = crate::budget::priced_as(call);
+        let (upstream, model) = call.priced_as();
         let ask = crate::budget::Ask {
             principal: call.principal.as_deref(),
             upstream,

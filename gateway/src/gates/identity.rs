@@ -4,7 +4,7 @@
 //!
 //! - `mtls`: the verified client certificate of the TLS session (never a header), mapped once per
 //!   connection.
-//! - `jwt`: an `Authorization: Bearer` value with a JWT's shape, verified by [`crate::jwt`] (a
+//! - `jwt`: an `Authorization: Bearer` value with a JWT's shape, verified by [`crate::identity::jwt`] (a
 //!   verified token's principal is cached until the token expires or the keys change).
 //! - `api_key`: `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs), checked
 //!   against the key store in the data dir. Each lookup `stat`s the store's file (about a
@@ -27,8 +27,8 @@ use http::{HeaderName, StatusCode};
 
 use super::{Call, Denial, Gate, Principal};
 use crate::config::{CertField, Config, IdentityMethod, MtlsMapping, TeamFrom};
-use crate::jwt::{Jwks, JwtRejection, JwtVerifier, looks_like_jwt};
-use crate::keys::{KeyRejection, KeyStore, now_secs};
+use crate::identity::jwt::{Jwks, JwtRejection, JwtVerifier, looks_like_jwt};
+use crate::identity::keys::{KeyRejection, KeyStore, now_secs};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -55,7 +55,7 @@ fn stamp(file: &std::path::Path) -> Option<Stamp> {
 impl Keys {
     fn load(data_dir: &std::path::Path) -> Result<Keys, String> {
         // Stamped before the read: a change during it is seen as a change next time.
-        let stamp = stamp(&data_dir.join(crate::keys::FILE));
+        let stamp = stamp(&data_dir.join(crate::identity::keys::FILE));
         let store = KeyStore::open(data_dir).map_err(|e| e.to_string())?;
         let principals = store
             .records()
@@ -98,8 +98,10 @@ impl ApiKeys {
         let current = Arc::new(ArcSwap::from_pointee(Keys::load(dir)?));
         let reload = current.clone();
         let watched: PathBuf = dir.to_path_buf();
-        let watcher =
-            crate::watch::watch_file(&dir.join(crate::keys::FILE), "lattice-keys-watch", move || {
+        let watcher = crate::watch::watch_file(
+            &dir.join(crate::identity::keys::FILE),
+            "lattice-keys-watch",
+            move || {
                 match Keys::load(&watched) {
                     Ok(k) => {
                         tracing::info!(keys = k.principals.len(), "API keys reloaded");
@@ -109,12 +111,13 @@ impl ApiKeys {
                     Err(e) => tracing::error!(error = %e, "API keys not reloaded"),
                 }
                 true
-            })
-            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            },
+        )
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         Ok(ApiKeys {
             current,
             dir: dir.to_path_buf(),
-            file: dir.join(crate::keys::FILE),
+            file: dir.join(crate::identity::keys::FILE),
             reloading: std::sync::Mutex::new(None),
             _watcher: watcher,
         })

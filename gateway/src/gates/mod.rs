@@ -21,7 +21,6 @@ pub mod session;
 pub mod tools;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,6 +29,7 @@ use lattice_providers::CallView;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::Config;
+pub use crate::identity::Principal;
 use crate::router::RouteTarget;
 
 /// What the connection tells about the caller (filled once per connection).
@@ -90,19 +90,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Who is calling: set by the identity gate, read by every later gate.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Principal {
-    /// The key id, the certificate's SPIFFE id or subject, or the token's subject.
-    pub id: String,
-    /// How the caller was identified: `api_key`, `mtls` or `jwt`.
-    pub kind: &'static str,
-    pub user: String,
-    pub team: String,
-    pub roles: Vec<String>,
-    pub attributes: BTreeMap<String, String>,
-}
-
 /// One call as the gates see it.
 pub struct Call<'a> {
     pub view: &'a CallView<'a>,
@@ -156,6 +143,17 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// Where the call is priced: the upstream and the model name it is sent under (a policy's
+    /// model, else the route's upstream name for the model, else the model as asked).
+    pub fn priced_as(&self) -> (&str, &str) {
+        let v = self.view;
+        match (&self.model_override, self.route) {
+            (Some(m), _) => ("", m.as_str()),
+            (None, Some(r)) => (&*r.upstream.name, r.upstream_model.as_deref().unwrap_or(&v.model)),
+            (None, None) => ("", v.model.as_ref()),
+        }
+    }
+
     /// Refuses a body the content rules cannot read one way only (see `content::strict`):
     /// called by every gate that reads the body's content, before it reads it. `gate` is the
     /// caller's name, for the denial.
@@ -224,7 +222,7 @@ impl Pipeline {
     pub fn from_config(
         config: &Config,
         policy: Option<Arc<crate::policy::store::PolicyStore>>,
-        jwks: Option<Arc<crate::jwt::Jwks>>,
+        jwks: Option<Arc<crate::identity::jwt::Jwks>>,
         budgets: Option<Arc<crate::budget::Budgets>>,
         pii: Option<Arc<crate::content::Pii>>,
         router: Arc<crate::router::Router>,

@@ -29,8 +29,46 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{JwksSource, JwtAlgorithm, JwtConfig};
-use crate::gates::Principal;
+use http::Uri;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+use super::Principal;
+
+/// The JWT signature algorithms the gateway verifies. `none` and the algorithms a key could be
+/// confused with are never accepted; HS256 must be named explicitly (it needs a shared secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    ES256,
+    HS256,
+}
+
+/// Where the token signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS document on disk, reloaded when it changes.
+    File(PathBuf),
+    /// A JWKS endpoint, fetched at start and every `refresh` (and early, for an unknown `kid`).
+    Url(Uri),
+}
+
+/// JWT bearer tokens (OAuth2 / OIDC access or ID tokens).
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub jwks: JwksSource,
+    pub refresh: Duration,
+    pub leeway_secs: u64,
+    /// Claim paths (dotted, e.g. `realm_access.roles`) for the principal's fields.
+    pub user_claim: String,
+    pub team_claim: String,
+    pub roles_claim: String,
+    /// Principal attribute name -> claim path.
+    pub attribute_claims: BTreeMap<String, String>,
+}
 
 /// The shortest time between two fetches of a JWKS URL, however many unknown `kid`s arrive.
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);
@@ -167,7 +205,7 @@ impl Jwks {
                 }
             }
             JwksSource::Url(uri) => {
-                let client = crate::upstream::build_client(FETCH_TIMEOUT)
+                let client = crate::client::build_client(FETCH_TIMEOUT)
                     .map_err(|e| format!("identity.jwt.jwks_url: {e}"))?;
                 tokio::spawn(fetch_loop(
                     Arc::downgrade(&jwks),
@@ -246,7 +284,7 @@ fn read_file(path: &Path, allowed: &[Algorithm]) -> Result<KeySet, String> {
 }
 
 async fn fetch(
-    client: &crate::upstream::HttpClient,
+    client: &crate::client::HttpClient,
     uri: &http::Uri,
     allowed: &[Algorithm],
 ) -> Result<KeySet, String> {
@@ -275,7 +313,7 @@ async fn fetch(
 /// Keeps a JWKS URL's keys current until the [`Jwks`] is dropped.
 async fn fetch_loop(
     jwks: std::sync::Weak<Jwks>,
-    client: crate::upstream::HttpClient,
+    client: crate::client::HttpClient,
     uri: http::Uri,
     refresh: Duration,
 ) {
@@ -360,7 +398,7 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn new(config: &JwtConfig, jwks: Arc<Jwks>) -> JwtVerifier {
-        crate::jwt_crypto::install();
+        crate::identity::jwt_crypto::install();
         let validations = config
             .algorithms
             .iter()
@@ -552,7 +590,7 @@ mod tests {
     }
 
     fn token(kid: &str, claims: Value) -> String {
-        crate::jwt_crypto::install();
+        crate::identity::jwt_crypto::install();
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some(kid.into());
         encode(&h, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
@@ -567,7 +605,7 @@ mod tests {
     #[test]
     fn claims_map_to_the_principal_and_hits_come_from_the_cache() {
         let v = verifier(vec![JwtAlgorithm::HS256], &oct_jwks("k1"));
-        let now = crate::keys::now_secs();
+        let now = crate::identity::keys::now_secs();
         let t = token("k1", claims(now));
         let p = v.verify(&t, now).unwrap();
         assert_eq!(
@@ -588,7 +626,7 @@ mod tests {
     #[test]
     fn every_bad_token_is_refused_with_its_reason() {
         let v = verifier(vec![JwtAlgorithm::HS256], &oct_jwks("k1"));
-        let now = crate::keys::now_secs();
+        let now = crate::identity::keys::now_secs();
         let with = |f: &dyn Fn(&mut Value)| {
             let mut c = claims(now);
             f(&mut c);
