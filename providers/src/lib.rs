@@ -2,11 +2,15 @@
 //!
 //! Owns: the API surfaces the gateway serves ([`Surface`]), the wire dialects they belong to
 //! ([`Dialect`]), the small canonical view a gate reads from a call ([`view::CallView`]), error
-//! bodies in each dialect ([`dialect`]), and the built-in deterministic `mock` provider ([`mock`]).
+//! bodies in each dialect ([`dialect`]), what a call used as each dialect reports it ([`usage`]),
+//! what tokens cost ([`prices`]), and the built-in deterministic `mock` provider ([`mock`]).
 //! Must not touch: sockets, TLS, configuration files or policy; the gateway owns those.
 
 pub mod dialect;
 pub mod mock;
+pub mod prices;
+pub mod sse;
+pub mod usage;
 pub mod view;
 
 pub use dialect::Dialect;

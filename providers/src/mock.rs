@@ -505,14 +505,9 @@ fn json_reply(value: &impl Serialize) -> MockReply {
 
 /// One SSE event; compact JSON never contains a newline, so `data` is a single line.
 fn sse(event: Option<&str>, data: &Value) -> Bytes {
-    let mut out = Vec::new();
-    if let Some(name) = event {
-        out.extend_from_slice(format!("event: {name}\n").as_bytes());
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&to_json(data));
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+    let mut out = bytes::BytesMut::new();
+    crate::sse::write(&mut out, event, &data.to_string());
+    out.freeze()
 }
 
 fn sse_reply(events: Vec<Bytes>, opts: &MockOptions) -> MockReply {

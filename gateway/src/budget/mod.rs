@@ -17,9 +17,9 @@
 //!    reservation that never settled (a crash) charged at its reserved amount.
 
 pub mod ledger;
-pub mod prices;
+pub use lattice_providers::prices;
 pub mod report;
-pub mod usage;
+pub use lattice_providers::usage;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

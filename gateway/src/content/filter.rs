@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use lattice_providers::Dialect;
+use lattice_providers::{Dialect, sse};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -364,7 +364,7 @@ impl Filter {
         }
         self.buf.extend_from_slice(data);
         let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.buf) {
+        while let Some(end) = sse::event_end(&self.buf) {
             let event = self.buf.split_to(end).freeze();
             self.event(&event, &mut out);
             if self.stopped {
@@ -394,7 +394,7 @@ impl Filter {
     }
 
     fn event(&mut self, raw: &Bytes, out: &mut BytesMut) {
-        let (name, data) = parse_event(raw);
+        let sse::Event { name, data } = sse::parse(raw);
         let Some(data) = data else {
             out.extend_from_slice(raw);
             return;
@@ -426,7 +426,7 @@ impl Filter {
             // Not JSON: its text is scanned as it stands (it ends no channel).
             match self.raw_text(data.as_bytes()) {
                 Ok(None) => out.extend_from_slice(raw),
-                Ok(Some(text)) => write_event(out, name.as_deref(), &String::from_utf8_lossy(&text)),
+                Ok(Some(text)) => sse::write(out, name.as_deref(), &String::from_utf8_lossy(&text)),
                 Err(s) => self.stop(out, &s),
             }
             return;
@@ -503,7 +503,7 @@ impl Filter {
             }
         }
         if changed {
-            write_event(out, name.as_deref(), &v.to_string());
+            sse::write(out, name.as_deref(), &v.to_string());
         } else {
             out.extend_from_slice(raw);
         }
@@ -564,7 +564,7 @@ impl Filter {
                 && let Some(slot) = at_mut(&mut v, &path)
             {
                 *slot = Value::String(text);
-                write_event(out, name.as_deref(), &v.to_string());
+                sse::write(out, name.as_deref(), &v.to_string());
             }
         }
     }
@@ -591,7 +591,7 @@ impl Filter {
             }
         };
         let name = (self.dialect == Dialect::Anthropic).then_some("error");
-        write_event(out, name, &body.to_string());
+        sse::write(out, name, &body.to_string());
     }
 
     /// Tool calls in one stream event: removed ones are taken out (and their later pieces),
@@ -801,53 +801,6 @@ fn floor_boundary(text: &str, mut at: usize) -> usize {
     at
 }
 
-/// Where the first complete event in `buf` ends (after its blank line).
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(nl) = memchr::memchr(b'\n', &buf[i..]) {
-        let at = i + nl + 1;
-        match buf.get(at) {
-            Some(b'\n') => return Some(at + 1),
-            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
-            _ => i = at,
-        }
-    }
-    None
-}
-
-/// An event's `event:` name and its `data:` (lines joined by `\n`).
-fn parse_event(raw: &[u8]) -> (Option<Box<str>>, Option<String>) {
-    let text = String::from_utf8_lossy(raw);
-    let mut name = None;
-    let mut data: Option<String> = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = Some(v.trim_start().into());
-        } else if let Some(v) = line.strip_prefix("data:") {
-            let v = v.strip_prefix(' ').unwrap_or(v);
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(v);
-                }
-                None => data = Some(v.to_string()),
-            }
-        }
-    }
-    (name, data)
-}
-
-fn write_event(out: &mut BytesMut, name: Option<&str>, data: &str) {
-    if let Some(n) = name {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b"\n");
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
 /// The text fields of an event, with the channel each belongs to: the chain of `index` values
 /// of the objects above it (a choice, a tool call, a content block) and the field's name.
 fn text_paths(v: &Value, path: &mut Vec<Step>, chain: &mut String, out: &mut Vec<(Vec<Step>, String)>) {
@@ -1044,7 +997,7 @@ mod tests {
         text.split("\n\n")
             .filter(|e| !e.is_empty())
             .map(|e| {
-                let (name, data) = parse_event(e.as_bytes());
+                let sse::Event { name, data } = sse::parse(e.as_bytes());
                 let data = data.unwrap();
                 let v = if data == "[DONE]" {
                     json!("[DONE]")

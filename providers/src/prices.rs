@@ -1,4 +1,4 @@
-//! The price table: USD per million tokens for each model, shipped in `gateway/data/prices.toml`
+//! The price table: USD per million tokens for each model, shipped in `providers/data/prices.toml`
 //! and overridden by the config's `[prices]`.
 //!
 //! Money is counted in integers so that sums are exact: prices in pico-dollars per token
@@ -9,10 +9,10 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::usage::Usage;
+use crate::usage::Usage;
 
 /// The shipped table (see the file for its format and the date of its prices).
-pub const SHIPPED: &str = include_str!("../../data/prices.toml");
+pub const SHIPPED: &str = include_str!("../data/prices.toml");
 
 /// One model's price, in pico-dollars per token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

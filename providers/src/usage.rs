@@ -11,8 +11,8 @@
 //!   (`stream_options.include_usage`), the usage chunk is taken out of the stream again: the
 //!   meter then forwards whole lines only, holding back at most one unfinished line.
 
+use crate::{Dialect, sse};
 use bytes::{Bytes, BytesMut};
-use lattice_providers::Dialect;
 use memchr::memmem;
 use serde::{Deserialize, Serialize};
 
@@ -241,17 +241,16 @@ impl Meter {
         let mut start = 0;
         while start < lines.len() {
             let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
-            let line = trim_eol(&lines[start..end]);
+            let line = sse::trim_eol(&lines[start..end]);
             if line.is_empty() {
                 if std::mem::take(&mut self.drop_blank) {
                     cut.get_or_insert_with(Vec::new).push(start..end);
                 }
-            } else if let Some(data) = line.strip_prefix(b"data:") {
-                let data = data.strip_prefix(b" ").unwrap_or(data);
-                if self.data(data) {
-                    cut.get_or_insert_with(Vec::new).push(start..end);
-                    self.drop_blank = true;
-                }
+            } else if let Some(data) = sse::data_line(line)
+                && self.data(data)
+            {
+                cut.get_or_insert_with(Vec::new).push(start..end);
+                self.drop_blank = true;
             }
             start = end;
         }
@@ -380,11 +379,6 @@ impl Meter {
             _ => (Usage::default(), Basis::None),
         }
     }
-}
-
-fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// `"key":{` or `"key": {` (a JSON key whose value is an object; inside a JSON string the
