@@ -675,7 +675,7 @@ fn serve(path: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
 
 /// SIGHUP reloads the policy bundle (as a change of its files does), off the request path.
 /// Registered before readiness is announced: SIGHUP's default action would end the process.
-fn reload_on_hangup(state: std::sync::Arc<lattice_gateway::proxy::State>) {
+fn reload_on_hangup(state: std::sync::Arc<lattice_gateway::state::State>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -30,7 +30,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::gates::ConnInfo;
-use crate::proxy::{self, State};
+use crate::proxy;
+use crate::state::State;
 
 pub struct Server {
     listener: TcpListener,

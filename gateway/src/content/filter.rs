@@ -27,6 +27,10 @@ use super::{Actions, Finding, Pii, Rewriter, Tally, describe, strict};
 
 /// The most text a channel keeps back.
 pub const MAX_HOLD: usize = 4096;
+
+/// The largest JSON answer the response filter reads; a larger one is refused (502), never
+/// passed on unscanned.
+pub const MAX_SCANNED_ANSWER: usize = 16 * 1024 * 1024;
 /// Already-sent text kept before a channel's held text: word boundaries and the validators
 /// look at what precedes a match.
 const CONTEXT: usize = 32;

@@ -1,0 +1,355 @@
+//! A model call, in named phases:
+//!
+//! 1. [`intake`]: the session, the body (read once, bounded in size and time), the view (parsed
+//!    once).
+//! 2. decide: THE gates (`crate::gates`), in order; a denial is recorded, durably, before it is
+//!    answered.
+//! 3. [`plan`]: where the call goes (the route, after a policy's model override), under which
+//!    name, with which body.
+//! 4. attempt ([`attempt::attempt`]): one try at the upstream; an [`attempt::Answer`] or a typed
+//!    [`attempt::AttemptError`], never a rendered error, so failover can loop around it.
+//! 5. respond ([`respond::respond`]): the decision record made durable, then the answer through
+//!    the response stages (listed once, in `crate::body`).
+//!
+//! Owns: the order of the phases and what each hands the next. Must not touch: wire formats
+//! (`lattice_providers`) or a gate's own rules (`crate::gates`).
+
+pub mod attempt;
+pub mod respond;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use hyper::body::Incoming;
+use lattice_providers::{CallView, Surface, view};
+
+use crate::body::{AccessLog, ResponseBody};
+use crate::gates::{Call, ConnInfo};
+use crate::reply::{Rejection, audit_refused, reject};
+use crate::request::read_framed_body;
+use crate::router::RouteTarget;
+use crate::state::State;
+
+/// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
+/// characters, as request ids), else a new one: a random UUID (not the request id, which a
+/// client may choose), so an assigned session cannot be guessed and named by another caller.
+fn session_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers
+        .get(&crate::request::X_LATTICE_SESSION)
+        .filter(|v| crate::request::sane_id(v))
+    {
+        return v.clone();
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Phase 1: the body, read once. A body that trickles in is cut off (slow-body clients); one
+/// that has already arrived never arms the timer, as `timeout` polls the read first.
+async fn intake(
+    state: &State,
+    conn: &ConnInfo,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Rejection> {
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        read_framed_body(conn, headers, body, state.max_body),
+    );
+    match read.await {
+        Ok(r) => r.map_err(Rejection::from),
+        Err(_) => Err(Rejection::BodyTimeout(state.body_timeout)),
+    }
+}
+
+/// Phase 3's result: where the call goes and what it sends.
+pub struct Plan {
+    pub route: Arc<RouteTarget>,
+    /// The name the upstream gets, when it is not the name asked: the route's rename, else the
+    /// policy's override.
+    pub send_model: Option<Box<str>>,
+    /// The body to send: as received, or as the PII gate redacted it, with the model renamed
+    /// and usage asked for where needed.
+    pub body: Bytes,
+    /// The gateway asks an OpenAI stream for the usage the client did not ask for.
+    pub ask_usage: bool,
+}
+
+/// Serves a model call on `surface`. Never fails: every problem becomes a response in the
+/// client's dialect.
+pub async fn serve(
+    state: &State,
+    conn: &ConnInfo,
+    parts: http::request::Parts,
+    body: Incoming,
+    surface: Surface,
+    mut log: Box<AccessLog>,
+) -> Response {
+    let dialect = surface.dialect();
+    let rid = log.request_id.clone();
+    log.session = session_id(&parts.headers);
+    log.audit = state.audit.clone();
+    if log.audit.is_some() {
+        log.response_hash = Some(sha2::Digest::new());
+    }
+    let session_header = log.session.clone();
+    let session = session_header.to_str().unwrap_or("");
+    let request_id = rid.clone();
+
+    // 1. Intake.
+    let bytes = match intake(state, conn, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(rej) => return reject(rej, dialect, rid, log),
+    };
+    let view = match view::parse(surface, &bytes) {
+        Ok(v) => v,
+        Err(e) => return reject(Rejection::BadRequest(e), dialect, rid, log),
+    };
+    log.model = Some(view.model.as_ref().into());
+    // Resolved before the gates because policy reads the provider.
+    let route = state.router.resolve(&view.model);
+    let mut call = Call {
+        view: &view,
+        headers: &parts.headers,
+        path: parts.uri.path(),
+        session,
+        conn,
+        request_id: request_id.to_str().unwrap_or("-"),
+        route: route.map(|r| &**r),
+        principal: None,
+        model_override: None,
+        policy_sha256: None,
+        body: &bytes,
+        rewritten_body: None,
+        pii_obligation: None,
+        pii_response: None,
+        pii_findings: Vec::new(),
+        allowed_tools: None,
+        tools_removed: Vec::new(),
+        session_owner: None,
+        session_shared: false,
+        body_checked: false,
+        model_lock: None,
+        budget_obligations: Vec::new(),
+        reservation: None,
+    };
+
+    // 2. Decide.
+    let checked = state.pipeline.check(&mut call);
+    // Who called and which policy decided, allowed or not.
+    log.principal = call.principal.clone();
+    log.policy = call.policy_sha256.clone();
+    if let Err(d) = checked {
+        return denied(state, &call, session, &bytes, d, dialect, rid, log).await;
+    }
+    // Dropped before the decision record (unknown model, wrong dialect), it charges nothing.
+    let reservation = call.reservation.take();
+
+    // 3. Plan.
+    let plan = match plan(
+        state,
+        &mut call,
+        route,
+        surface,
+        &bytes,
+        &view,
+        reservation.is_some(),
+    ) {
+        Ok(p) => p,
+        Err(rej) => {
+            if let Rejection::DialectMismatch { upstream, .. } = &rej {
+                log.upstream = Some(upstream.clone());
+            }
+            return reject(rej, dialect, rid, log);
+        }
+    };
+    let upstream = &plan.route.upstream;
+    log.upstream = Some(upstream.name.clone());
+    // The decision record goes to the writer now; its sync overlaps the upstream call, and the
+    // response waits for it (in `respond`).
+    let recorded = state.audit.as_ref().map(|a| {
+        a.append(crate::gates::audit::decision(
+            &call,
+            session,
+            &bytes,
+            None,
+            Some((&upstream.name, plan.send_model.as_deref())),
+            reservation.as_ref(),
+        ))
+    });
+    // Metered: an OpenAI stream is asked for its usage, which the client gets only if it asked.
+    if let Some(r) = reservation {
+        let mut spend = crate::budget::Spend::new(r);
+        spend.strip_usage = plan.ask_usage;
+        log.spend = Some(spend);
+    }
+    log.filter = respond::response_filter(state, &mut call, dialect);
+
+    // 4. Attempt.
+    let answer = attempt::attempt(&plan, &view, parts.uri.query(), parts.headers, &rid).await;
+
+    // 5. Respond: nothing leaves before the decision record is durable. Dropping an upstream's
+    // answer closes its connection: nothing unrecorded goes out.
+    if let Some(recorded) = recorded
+        && let Err(e) = recorded.await
+    {
+        return audit_refused(&e, dialect, rid, log);
+    }
+    match answer {
+        Ok(answer) => respond::respond(answer, &plan, dialect, log).await,
+        Err(failure) => reject(failure.rejection(), dialect, rid, log),
+    }
+}
+
+type Response = http::Response<ResponseBody>;
+
+/// The gates refused the call: recorded, durably, then answered.
+#[allow(clippy::too_many_arguments)]
+async fn denied(
+    state: &State,
+    call: &Call<'_>,
+    session: &str,
+    bytes: &Bytes,
+    d: crate::gates::Denial,
+    dialect: lattice_providers::Dialect,
+    rid: HeaderValue,
+    mut log: Box<AccessLog>,
+) -> Response {
+    // A refused call creates no session, and enters one only if its caller may write to it
+    // (owns it, or the policy shared it): a bad key or a denied call cannot claim a session id
+    // first, nor put records into another's. Nor is the session echoed.
+    let caller = call.principal.as_deref().map_or("", |p| p.id.as_str());
+    let may_write = d.code != crate::gates::session::FORBIDDEN
+        && state
+            .audit
+            .as_ref()
+            .and_then(|a| a.session_owned_by(session, caller))
+            .is_some_and(|owns| owns || call.session_shared);
+    let session = if may_write {
+        session
+    } else {
+        log.session = HeaderValue::from_static("");
+        ""
+    };
+    if let Some(audit) = &state.audit {
+        let event = crate::gates::audit::decision(call, session, bytes, Some(&d), None, None);
+        if let Err(e) = audit.append(event).await {
+            return audit_refused(&e, dialect, rid, log);
+        }
+    }
+    reject(Rejection::Denied(d), dialect, rid, log)
+}
+
+/// Phase 3: where the allowed call goes. A policy's `model` obligation sends it where that
+/// model routes, under that name; an unknown model is reported only now, after the gates, so a
+/// caller who may not call at all cannot probe which models exist.
+fn plan(
+    state: &State,
+    call: &mut Call<'_>,
+    route: Option<&Arc<RouteTarget>>,
+    surface: Surface,
+    bytes: &Bytes,
+    view: &CallView<'_>,
+    metered: bool,
+) -> Result<Plan, Rejection> {
+    // The body the PII gate redacted goes upstream instead (with the model span found again).
+    let (body, model_span) = match call.rewritten_body.take() {
+        Some(b) => {
+            let span = view::parse(surface, &b).map_or_else(|_| view.model_span.clone(), |v| v.model_span);
+            (b, span)
+        }
+        None => (bytes.clone(), view.model_span.clone()),
+    };
+    let override_model = call.model_override.take();
+    let route = match &override_model {
+        Some(m) => state.router.resolve(m),
+        None => route,
+    };
+    let Some(route) = route.cloned() else {
+        let model = override_model.unwrap_or_else(|| view.model.to_string());
+        return Err(Rejection::UnknownModel(model));
+    };
+    let dialect = surface.dialect();
+    if !route.upstream.speaks(dialect) {
+        return Err(Rejection::DialectMismatch {
+            model: view.model.to_string(),
+            upstream: route.upstream.name.clone(),
+        });
+    }
+    // The name the upstream gets: the route's rename, else the policy's override, else as asked.
+    let send_model: Option<Box<str>> = route
+        .upstream_model
+        .clone()
+        .or_else(|| override_model.map(Into::into));
+    let ask_usage = metered && surface == Surface::ChatCompletions && view.stream && !view.include_usage;
+    let body = if matches!(route.upstream.target, crate::upstream::Target::Http(_)) {
+        let body = match send_model.as_deref() {
+            Some(m) if m != view.model => splice_model(&body, model_span, m),
+            _ => body,
+        };
+        if ask_usage { with_include_usage(body) } else { body }
+    } else {
+        body
+    };
+    Ok(Plan {
+        route,
+        send_model,
+        body,
+        ask_usage,
+    })
+}
+
+/// Replaces the `model` value at `span` (quotes included) with `model`, leaving every other byte.
+fn splice_model(body: &Bytes, span: std::ops::Range<usize>, model: &str) -> Bytes {
+    let quoted = serde_json::Value::String(model.to_string()).to_string();
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + quoted.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[span.end..]);
+    out.freeze()
+}
+
+/// Asks an OpenAI upstream for a stream's usage (`stream_options.include_usage`). Without a
+/// `stream_options` key (the usual case) the member is spliced in after the opening brace and
+/// no other byte changes; otherwise the body is re-serialised with the flag set.
+fn with_include_usage(body: Bytes) -> Bytes {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    if memchr::memmem::find(&body, br#""stream_options""#).is_none()
+        && let Some(open) = memchr::memchr(b'{', &body)
+    {
+        let mut out = BytesMut::with_capacity(body.len() + MEMBER.len());
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(MEMBER);
+        out.extend_from_slice(&body[open + 1..]);
+        return out.freeze();
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            let opts = m
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !opts.is_object() {
+                *opts = serde_json::Value::Object(Default::default());
+            }
+            opts["include_usage"] = serde_json::Value::Bool(true);
+            serde_json::to_vec(&m).map(Bytes::from).unwrap_or(body)
+        }
+        _ => body,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_changes_only_the_model_value() {
+        let body = Bytes::from_static(br#"{"a":1,"model":"alias","b":"model"}"#);
+        let v = view::parse(Surface::ChatCompletions, &body).unwrap();
+        let out = splice_model(&body, v.model_span.clone(), "real\"name");
+        assert_eq!(&out[..], br#"{"a":1,"model":"real\"name","b":"model"}"#);
+    }
+}
