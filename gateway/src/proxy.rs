@@ -1,8 +1,8 @@
 //! Every request: the endpoint it names, the state it reads, and the one table of rejections
 //! (status, code, origin, message) rendered in the client's dialect. Model calls go on to
-//! [`crate::llm`] (intake -> decide -> plan -> attempt -> respond).
+//! `crate::llm` (intake -> decide -> plan -> attempt -> respond).
 //!
-//! The body is read once (bounded), parsed once into a [`CallView`], and sent upstream as the
+//! The body is read once (bounded), parsed once into a `CallView`, and sent upstream as the
 //! same bytes unless a route renames the model (then only that value is spliced). Every exit
 //! carries an [`AccessLog`] that is written when the response body ends or is dropped.
 
