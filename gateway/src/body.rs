@@ -160,6 +160,8 @@ pub struct AccessLog {
     pub response_hash: Option<sha2::Sha256>,
     /// The call's reservation and the meter on its answer (budgets or TPM configured).
     pub spend: Option<Box<crate::budget::Spend>>,
+    /// The stream transcoder, when the call was translated to another dialect's upstream.
+    pub transcode: Option<Box<lattice_providers::stream::Transcoder>>,
     /// The response filter (PII in answers, tool calls), when the call has response rules.
     pub filter: Option<Box<crate::content::filter::Filter>>,
     pub bytes: u64,
@@ -374,7 +376,7 @@ impl Body for ResponseBody {
             let Some(log) = this.log.as_deref_mut() else {
                 break frame;
             };
-            if log.meter().is_none() && log.filter.is_none() {
+            if log.meter().is_none() && log.filter.is_none() && log.transcode.is_none() {
                 break frame;
             }
             match frame {
@@ -387,6 +389,13 @@ impl Body for ResponseBody {
                             // The filter ended the answer with an error event: nothing follows.
                             this.payload = Payload::Full(None);
                             log.outcome = Outcome::Stopped;
+                            break Some(Ok(Frame::data(d)));
+                        }
+                        if log.transcode.as_ref().is_some_and(|t| t.failure().is_some()) {
+                            // The upstream's stream broke or could not be translated: it ended
+                            // with an error event in the client's dialect.
+                            this.payload = Payload::Full(None);
+                            log.outcome = Outcome::UpstreamFailed;
                             break Some(Ok(Frame::data(d)));
                         }
                         if !d.is_empty() {
@@ -436,7 +445,10 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.log.as_deref().is_some_and(|l| l.filter.is_some())
+        if self
+            .log
+            .as_deref()
+            .is_some_and(|l| l.filter.is_some() || l.transcode.is_some())
             && !matches!(self.payload, Payload::Full(_) | Payload::Scanned(_))
         {
             return SizeHint::default();
@@ -452,11 +464,21 @@ impl Body for ResponseBody {
     }
 }
 
-/// An answer's frame through the meter, then the filter.
+/// THE response stages, in order, for each frame of an answer:
+/// 1. meter: reads usage in the upstream's dialect (it must see the upstream's own bytes);
+/// 2. transcode: the upstream's dialect to the client's, event by event (translated calls);
+/// 3. filter: PII and tool rules on what the client will see, in the client's dialect;
+///
+/// then (in `poll_frame`) the hash of the bytes sent and the reservation's cut-off. The access
+/// and `call.end` records are written when the body ends or is dropped (`AccessLog`'s `Drop`).
 fn stages(log: &mut AccessLog, d: Bytes) -> Bytes {
     let d = match log.meter() {
         Some(m) => m.feed(d),
         None => d,
+    };
+    let d = match log.transcode.as_mut() {
+        Some(t) if !d.is_empty() => t.feed(&d),
+        _ => d,
     };
     match log.filter.as_mut() {
         Some(f) if !d.is_empty() => f.feed(&d),
@@ -464,9 +486,20 @@ fn stages(log: &mut AccessLog, d: Bytes) -> Bytes {
     }
 }
 
-/// The answer has ended: what the meter and the filter still hold.
+/// The answer has ended: what the stages still hold, through the stages after them.
 fn finish_stages(log: &mut AccessLog) -> Option<Bytes> {
-    let held = log.meter().and_then(|m| m.flush());
+    let mut held = log.meter().and_then(|m| m.flush());
+    if let Some(t) = log.transcode.as_mut() {
+        let mut out = BytesMut::new();
+        if let Some(h) = held.take() {
+            out.extend_from_slice(&t.feed(&h));
+        }
+        out.extend_from_slice(&t.finish());
+        if t.failure().is_some() {
+            log.outcome = Outcome::UpstreamFailed;
+        }
+        held = (!out.is_empty()).then(|| out.freeze());
+    }
     let Some(f) = log.filter.as_mut() else {
         return held;
     };
@@ -487,6 +520,7 @@ impl ResponseBody {
                     .as_ref()
                     .and_then(|s| s.meter.as_ref())
                     .is_some_and(|m| m.holds())
+                    || l.transcode.as_ref().is_some_and(|t| t.holds())
                     || l.filter.as_ref().is_some_and(|f| f.holds())
             })
     }

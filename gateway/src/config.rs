@@ -91,6 +91,8 @@ struct RawConfig {
     pii: Option<crate::content::RawPii>,
     #[serde(default)]
     tools: crate::content::tools::ToolsConfig,
+    #[serde(default)]
+    translation: crate::translation::RawTranslation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,6 +500,8 @@ pub struct Config {
     pub pii: crate::content::PiiConfig,
     /// `[tools]`: what the tool gate does with tools outside the policy's allowed set.
     pub tools: crate::content::tools::ToolsConfig,
+    /// `[translation]`: what a translated call does with fields its target cannot carry.
+    pub translation: lattice_providers::translate::Rules,
 }
 
 #[derive(Debug)]
@@ -810,6 +814,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         }),
     };
     let budgets = crate::budget::validate(raw.budgets, raw.prices, raw.rate_limits)?;
+    let translation = crate::translation::validate(raw.translation)?;
     let pii = crate::content::validate(raw.pii)?;
     let a = raw.audit;
     if a.sync_interval_ms == 0 {
@@ -869,6 +874,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         budgets,
         pii,
         tools: raw.tools,
+        translation,
     })
 }
 

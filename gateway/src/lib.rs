@@ -34,6 +34,7 @@ pub(crate) mod sessions;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod translation;
 pub mod upstream;
 pub mod watch;
 pub mod witness;

@@ -133,6 +133,7 @@ pub async fn handle(
         session: HeaderValue::from_static(""),
         response_hash: None,
         spend: None,
+        transcode: None,
         filter: None,
         start,
         request_id: rid.clone(),

@@ -33,6 +33,16 @@ pub(crate) enum Rejection {
         model: String,
         upstream: Arc<str>,
     },
+    /// The call names fields its translated target cannot carry, and the rules refuse to drop
+    /// them (`[translation]`).
+    Untranslatable {
+        upstream: Arc<str>,
+        refused: Vec<lattice_providers::canonical::Loss>,
+    },
+    /// The body cannot be read as its dialect for translation.
+    TranslationInvalid(String),
+    /// The upstream's answer could not be translated to the client's dialect.
+    AnswerUntranslatable(Arc<str>),
     Denied(Denial),
     UpstreamConnect(Arc<str>),
     UpstreamTimeout(Arc<str>),
@@ -65,11 +75,14 @@ impl Rejection {
             Rejection::BodyRead
             | Rejection::BadRequest(_)
             | Rejection::DialectMismatch { .. }
+            | Rejection::Untranslatable { .. }
+            | Rejection::TranslationInvalid(_)
             | Rejection::BadFraming(_) => StatusCode::BAD_REQUEST,
             Rejection::Denied(d) => d.status,
-            Rejection::UpstreamConnect(_) | Rejection::UpstreamFailed(_) | Rejection::AnswerUnscanned(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Rejection::UpstreamConnect(_)
+            | Rejection::UpstreamFailed(_)
+            | Rejection::AnswerUnscanned(_)
+            | Rejection::AnswerUntranslatable(_) => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Rejection::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,6 +102,9 @@ impl Rejection {
             Rejection::BadRequest(_) => "invalid_model",
             Rejection::UnknownModel(_) => "model_not_found",
             Rejection::DialectMismatch { .. } => "dialect_not_supported",
+            Rejection::Untranslatable { .. } => "unsupported_parameter",
+            Rejection::TranslationInvalid(_) => "invalid_request",
+            Rejection::AnswerUntranslatable(_) => "answer_untranslatable",
             Rejection::Denied(d) => d.code,
             Rejection::UpstreamConnect(_) => "upstream_unreachable",
             Rejection::UpstreamTimeout(_) => "upstream_timeout",
@@ -106,7 +122,8 @@ impl Rejection {
             Rejection::UpstreamConnect(_)
             | Rejection::UpstreamTimeout(_)
             | Rejection::UpstreamFailed(_)
-            | Rejection::AnswerUnscanned(_) => "upstream",
+            | Rejection::AnswerUnscanned(_)
+            | Rejection::AnswerUntranslatable(_) => "upstream",
             Rejection::Internal | Rejection::AuditUnavailable => "internal",
             _ => "downstream",
         }
@@ -133,6 +150,24 @@ impl Rejection {
                  call it through that dialect's endpoint"
             )
             .into(),
+            Rejection::Untranslatable { upstream, refused } => {
+                let fields: Vec<String> = refused
+                    .iter()
+                    .map(|l| format!("`{}` ({})", l.field, l.note))
+                    .collect();
+                let first = refused.first().map_or("", |l| l.field.as_str());
+                format!(
+                    "upstream `{upstream}` speaks another API dialect and cannot take {}; the call is \
+                     refused rather than changed. To send it without them, set \
+                     [translation.fields] \"{first}\" = \"drop\" (or [translation] unsupported = \"drop\")",
+                    fields.join(", ")
+                )
+                .into()
+            }
+            Rejection::TranslationInvalid(m) => format!("the request cannot be translated: {m}").into(),
+            Rejection::AnswerUntranslatable(u) => {
+                format!("the answer of upstream `{u}` could not be translated to this API's dialect").into()
+            }
             Rejection::Denied(d) => Cow::Borrowed(&d.message),
             Rejection::UpstreamConnect(u) => format!("upstream `{u}` could not be reached").into(),
             Rejection::UpstreamTimeout(u) => format!("upstream `{u}` did not answer in time").into(),

@@ -34,6 +34,8 @@ pub struct State {
     pub(crate) body_timeout: std::time::Duration,
     pub(crate) models_openai: Bytes,
     pub(crate) models_anthropic: Bytes,
+    /// `[translation]`: what translated calls do with fields their target cannot carry.
+    pub(crate) translation: lattice_providers::translate::Rules,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             body_timeout: config.server.body_read_timeout,
             models_openai,
             models_anthropic,
+            translation: config.translation.clone(),
         })
     }
 

@@ -132,6 +132,16 @@ impl Upstream {
         })
     }
 
+    /// The dialect this upstream is called in for a client of `client`'s (the mock speaks
+    /// every dialect, so it is never translated to).
+    pub fn dialect_for(&self, client: Dialect) -> Dialect {
+        match self.kind {
+            ProviderKind::Mock => client,
+            ProviderKind::Openai => Dialect::OpenAi,
+            ProviderKind::Anthropic => Dialect::Anthropic,
+        }
+    }
+
     /// Whether this upstream serves calls in `dialect` (the mock speaks both).
     pub fn speaks(&self, dialect: Dialect) -> bool {
         match self.kind {

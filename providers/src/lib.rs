@@ -6,10 +6,17 @@
 //! what tokens cost ([`prices`]), and the built-in deterministic `mock` provider ([`mock`]).
 //! Must not touch: sockets, TLS, configuration files or policy; the gateway owns those.
 
+pub mod anthropic;
+pub mod canonical;
+pub mod codec;
 pub mod dialect;
+pub mod error;
 pub mod mock;
+pub mod openai;
 pub mod prices;
 pub mod sse;
+pub mod stream;
+pub mod translate;
 pub mod usage;
 pub mod view;
 

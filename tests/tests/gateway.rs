@@ -461,13 +461,12 @@ async fn an_unknown_model_is_404_model_not_found() {
 }
 
 #[tokio::test]
-async fn a_model_in_another_dialect_is_a_clear_400() {
+async fn a_surface_with_no_translation_to_the_upstream_is_a_clear_400() {
+    // Chat calls translate between dialects; Anthropic's count_tokens has no OpenAI twin.
     let (up, gw) = setup().await;
-    let r = send(
-        gw.addr,
-        messages(&[], r#"{"model":"gpt-4o","max_tokens":5,"messages":[]}"#),
-    )
-    .await;
+    let mut req = messages(&[], r#"{"model":"gpt-4o","messages":[]}"#);
+    *req.uri_mut() = "/v1/messages/count_tokens".parse().unwrap();
+    let r = send(gw.addr, req).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(
         r.json()["error"]["message"]

@@ -45,6 +45,13 @@ struct DecisionPayload<'a> {
     upstream_model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<&'a str>,
+    /// The client's dialect, and the upstream's when the call was translated to it.
+    dialect: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_dialect: Option<&'static str>,
+    /// Fields translation dropped (the target cannot carry them).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    dropped: &'a [String],
     stream: bool,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     tools: &'a [std::borrow::Cow<'a, str>],
@@ -79,6 +86,15 @@ fn who(p: &Option<Arc<Principal>>) -> Option<Who<'_>> {
     })
 }
 
+/// Where an allowed call goes: the upstream, the model name it gets when renamed, the dialect
+/// it was translated to (if it was) and the fields translation dropped.
+pub struct Sent<'a> {
+    pub upstream: &'a str,
+    pub model: Option<&'a str>,
+    pub translated_to: Option<lattice_providers::Dialect>,
+    pub dropped: &'a [String],
+}
+
 /// The `call.decision` event of a call the gates have decided: `denial` when they refused it,
 /// else the upstream (and the model it gets) it goes to.
 pub fn decision(
@@ -86,7 +102,7 @@ pub fn decision(
     session: &str,
     body: &[u8],
     denial: Option<&Denial>,
-    upstream: Option<(&str, Option<&str>)>,
+    sent: Option<&Sent<'_>>,
     reservation: Option<&crate::budget::Reservation>,
 ) -> Event {
     let mut hex = [0u8; 64];
@@ -95,8 +111,11 @@ pub fn decision(
         request_id: call.request_id,
         surface: call.view.surface.name(),
         model: &call.view.model,
-        upstream_model: upstream.and_then(|(_, m)| m),
-        upstream: upstream.map(|(u, _)| u),
+        upstream_model: sent.and_then(|s| s.model),
+        upstream: sent.map(|s| s.upstream),
+        dialect: call.view.surface.dialect().as_str(),
+        upstream_dialect: sent.and_then(|s| s.translated_to).map(|d| d.as_str()),
+        dropped: sent.map_or(&[][..], |s| s.dropped),
         stream: call.view.stream,
         tools: &call.view.tools,
         principal: who(&call.principal),

@@ -72,14 +72,15 @@ fn input(call: &Call<'_>, budgets: Option<&crate::budget::Budgets>) -> Value {
             ])
         }
     };
-    let (provider, upstream) = match call.route {
+    let v = call.view;
+    let (provider, upstream, upstream_dialect) = match call.route {
         Some(r) => (
             Value::from(r.upstream.kind.as_str()),
             Value::from(&*r.upstream.name),
+            Value::from(r.upstream.dialect_for(v.surface.dialect()).as_str()),
         ),
-        None => (Value::Null, Value::Null),
+        None => (Value::Null, Value::Null, Value::Null),
     };
-    let v = call.view;
     let request = obj(vec![
         ("surface", Value::from(v.surface.name())),
         // Every gated surface is a POST; the field is there so policies need not assume it.
@@ -88,6 +89,10 @@ fn input(call: &Call<'_>, budgets: Option<&crate::budget::Budgets>) -> Value {
         ("model", Value::from(v.model.as_ref())),
         ("provider", provider),
         ("upstream", upstream),
+        // The client's dialect and the one the upstream is called in (they differ when the
+        // call is translated).
+        ("dialect", Value::from(v.surface.dialect().as_str())),
+        ("upstream_dialect", upstream_dialect),
         ("stream", Value::from(v.stream)),
         ("max_tokens", v.max_tokens.map_or(Value::Null, Value::from)),
         ("tools", strs(v.tools.iter().map(|t| t.as_ref()))),

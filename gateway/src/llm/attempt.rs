@@ -87,8 +87,11 @@ pub async fn attempt(
         Target::Http(t) => t,
     };
     // The query came from a parsed request URI, so it always forms a valid path-and-query.
+    // A translated call goes to the upstream's own surface; the client's query string belongs
+    // to the client's dialect and stays behind.
+    let query = if plan.translation.is_some() { None } else { query };
     let pq = t
-        .path_and_query(view.surface, query)
+        .path_and_query(plan.surface, query)
         .map_err(|_| AttemptError::Internal)?;
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(t.scheme.clone());
@@ -97,6 +100,13 @@ pub async fn attempt(
     let uri = Uri::from_parts(uri).map_err(|_| AttemptError::Internal)?;
 
     strip_request_headers(&mut headers);
+    if plan.translation.is_some() {
+        // Headers of the client's dialect (`anthropic-beta`, `openai-organization`, ...) mean
+        // nothing to an upstream of another.
+        strip(&mut headers, |n| {
+            n.starts_with("anthropic-") || n.starts_with("openai-")
+        });
+    }
     headers.insert(header::HOST, t.host.clone());
     if let Some((name, value)) = &t.auth {
         headers.insert(name.clone(), value.clone());

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use hyper::body::Incoming;
-use lattice_providers::{CallView, Surface, view};
+use lattice_providers::{CallView, Dialect, Surface, view};
 
 use crate::body::{AccessLog, ResponseBody};
 use crate::gates::{Call, ConnInfo};
@@ -75,6 +75,29 @@ pub struct Plan {
     pub body: Bytes,
     /// The gateway asks an OpenAI stream for the usage the client did not ask for.
     pub ask_usage: bool,
+    /// The surface called upstream: the client's, unless the call is translated.
+    pub surface: Surface,
+    /// Set when the upstream speaks another dialect than the client.
+    pub translation: Option<Translation>,
+}
+
+/// A call translated from the client's dialect to the upstream's.
+pub struct Translation {
+    /// The client's dialect.
+    pub from: Dialect,
+    /// The upstream's.
+    pub to: Dialect,
+    /// The client asked for usage in its stream.
+    pub stream_usage: bool,
+    /// Fields the target cannot carry, dropped (`x-lattice-dropped-fields`).
+    pub dropped: Vec<String>,
+}
+
+impl Plan {
+    /// The dialect the upstream answers in.
+    pub fn upstream_dialect(&self, client: Dialect) -> Dialect {
+        self.translation.as_ref().map_or(client, |t| t.to)
+    }
 }
 
 /// Serves a model call on `surface`. Never fails: every problem becomes a response in the
@@ -169,13 +192,19 @@ pub async fn serve(
     log.upstream = Some(upstream.name.clone());
     // The decision record goes to the writer now; its sync overlaps the upstream call, and the
     // response waits for it (in `respond`).
+    let sent = crate::gates::audit::Sent {
+        upstream: &upstream.name,
+        model: plan.send_model.as_deref(),
+        translated_to: plan.translation.as_ref().map(|t| t.to),
+        dropped: plan.translation.as_ref().map_or(&[][..], |t| &t.dropped),
+    };
     let recorded = state.audit.as_ref().map(|a| {
         a.append(crate::gates::audit::decision(
             &call,
             session,
             &bytes,
             None,
-            Some((&upstream.name, plan.send_model.as_deref())),
+            Some(&sent),
             reservation.as_ref(),
         ))
     });
@@ -271,18 +300,15 @@ fn plan(
         let model = override_model.unwrap_or_else(|| view.model.to_string());
         return Err(Rejection::UnknownModel(model));
     };
-    let dialect = surface.dialect();
-    if !route.upstream.speaks(dialect) {
-        return Err(Rejection::DialectMismatch {
-            model: view.model.to_string(),
-            upstream: route.upstream.name.clone(),
-        });
-    }
     // The name the upstream gets: the route's rename, else the policy's override, else as asked.
     let send_model: Option<Box<str>> = route
         .upstream_model
         .clone()
         .or_else(|| override_model.map(Into::into));
+    let client = surface.dialect();
+    if !route.upstream.speaks(client) {
+        return translated(state, route, surface, &body, view, send_model);
+    }
     let ask_usage = metered && surface == Surface::ChatCompletions && view.stream && !view.include_usage;
     let body = if matches!(route.upstream.target, crate::upstream::Target::Http(_)) {
         let body = match send_model.as_deref() {
@@ -298,6 +324,58 @@ fn plan(
         send_model,
         body,
         ask_usage,
+        surface,
+        translation: None,
+    })
+}
+
+/// A call to an upstream of another dialect: its body translated through the canonical model
+/// (`lattice_providers::translate`), refused when it names what the target cannot carry and
+/// `[translation]` does not let it be dropped.
+fn translated(
+    state: &State,
+    route: Arc<RouteTarget>,
+    surface: Surface,
+    body: &[u8],
+    view: &CallView<'_>,
+    send_model: Option<Box<str>>,
+) -> Result<Plan, Rejection> {
+    let from = surface.dialect();
+    let to = route.upstream.dialect_for(from);
+    let target = match (surface, to) {
+        (Surface::ChatCompletions | Surface::Messages, Dialect::OpenAi) => Surface::ChatCompletions,
+        (Surface::ChatCompletions | Surface::Messages, Dialect::Anthropic) => Surface::Messages,
+        _ => {
+            return Err(Rejection::DialectMismatch {
+                model: view.model.to_string(),
+                upstream: route.upstream.name.clone(),
+            });
+        }
+    };
+    let model = send_model.as_deref().unwrap_or(&view.model);
+    let t = lattice_providers::translate::request(from, to, body, model, &state.translation).map_err(
+        |e| match e {
+            lattice_providers::translate::TranslateError::Invalid(e) => Rejection::TranslationInvalid(e.0),
+            lattice_providers::translate::TranslateError::Refused(refused) => Rejection::Untranslatable {
+                upstream: route.upstream.name.clone(),
+                refused,
+            },
+        },
+    )?;
+    Ok(Plan {
+        route,
+        send_model,
+        body: Bytes::from(t.body),
+        // A translated OpenAI stream always asks for its usage; the transcoder decides what the
+        // client sees.
+        ask_usage: false,
+        surface: target,
+        translation: Some(Translation {
+            from,
+            to,
+            stream_usage: t.stream_usage,
+            dropped: t.dropped,
+        }),
     })
 }
 

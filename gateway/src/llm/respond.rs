@@ -26,6 +26,8 @@ use crate::request::{X_LATTICE_SESSION, X_REQUEST_ID};
 use crate::state::State;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// The fields a translated call dropped because its target cannot carry them.
+pub const X_LATTICE_DROPPED: http::HeaderName = http::HeaderName::from_static("x-lattice-dropped-fields");
 
 /// Sends `answer` to the client through the response stages.
 pub async fn respond(
@@ -68,10 +70,14 @@ pub async fn respond(
                 .get(header::CONTENT_TYPE)
                 .map_or(&b""[..], |v| v.as_bytes());
             let sse = ct.starts_with(b"text/event-stream");
+            // The meter reads the upstream's own dialect.
             if let Some(s) = log.spend.as_mut() {
-                s.start(dialect, rp.status, ct);
+                s.start(plan.upstream_dialect(dialect), rp.status, ct);
             }
             log.status = rp.status.as_u16();
+            if let Some(t) = &plan.translation {
+                return translated(rp, body, sse, timeout, t, upstream, log).await;
+            }
             if log.filter.is_some() {
                 // Compressed anyway (it was not asked to): it cannot be checked, so it is not
                 // passed on.
@@ -104,6 +110,84 @@ pub async fn respond(
     }
 }
 
+/// The answer of an upstream of another dialect, in the client's: a stream is transcoded event
+/// by event (a response stage); a JSON answer, or an error, is read whole and translated.
+async fn translated(
+    mut rp: http::response::Parts,
+    body: hyper::body::Incoming,
+    sse: bool,
+    timeout: std::time::Duration,
+    t: &super::Translation,
+    upstream: &Arc<str>,
+    mut log: Box<AccessLog>,
+) -> Response<ResponseBody> {
+    let rid = log.request_id.clone();
+    let client = t.from;
+    rp.headers.remove(header::CONTENT_LENGTH);
+    if !t.dropped.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&t.dropped.join(", "))
+    {
+        rp.headers.insert(X_LATTICE_DROPPED, v);
+    }
+    if rp
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| e.as_bytes() != b"identity")
+    {
+        return reject(
+            Rejection::AnswerUntranslatable(upstream.clone()),
+            client,
+            rid,
+            log,
+        );
+    }
+    if sse && rp.status.is_success() {
+        log.transcode = Some(Box::new(lattice_providers::stream::Transcoder::new(
+            t.to,
+            t.from,
+            t.stream_usage,
+        )));
+        return Response::from_parts(rp, ResponseBody::upstream(body, true).with_log(log));
+    }
+    let read = tokio::time::timeout(
+        timeout,
+        http_body_util::Limited::new(body, crate::content::filter::MAX_SCANNED_ANSWER).collect(),
+    )
+    .await;
+    let Ok(Ok(whole)) = read else {
+        return reject(
+            Rejection::AnswerUntranslatable(upstream.clone()),
+            client,
+            rid,
+            log,
+        );
+    };
+    let whole = whole.to_bytes();
+    if let Some(m) = log.meter() {
+        m.feed(whole.clone());
+    }
+    rp.headers.insert(header::CONTENT_TYPE, JSON);
+    if !rp.status.is_success() {
+        // The upstream's error, in the client's dialect with the status its SDK acts on.
+        let (status, body) = lattice_providers::translate::error(t.to, client, rp.status.as_u16(), &whole);
+        rp.status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        log.status = rp.status.as_u16();
+        return Response::from_parts(rp, ResponseBody::scanned(Bytes::from(body)).with_log(log));
+    }
+    match lattice_providers::translate::response(t.to, client, &whole) {
+        Ok(body) => filtered(rp, Bytes::from(body), client, log),
+        Err(e) => {
+            tracing::warn!(target: "lattice::upstream", upstream = %upstream, error = %e, "answer not translatable");
+            reject(
+                Rejection::AnswerUntranslatable(upstream.clone()),
+                client,
+                rid,
+                log,
+            )
+        }
+    }
+}
+
 /// The response filter for a call with response rules: PII actions on answers (`[pii] response`
 /// and the policy's), and the allowed tools (the policy's `allowed_tools`).
 pub fn response_filter(
@@ -132,7 +216,7 @@ pub fn response_filter(
 /// A JSON answer read whole: the meter reads the upstream's bytes, the filter rewrites them (or
 /// refuses the answer, in the client's dialect).
 fn scanned_answer(
-    mut parts: http::response::Parts,
+    parts: http::response::Parts,
     whole: Bytes,
     dialect: Dialect,
     mut log: Box<AccessLog>,
@@ -140,6 +224,17 @@ fn scanned_answer(
     if let Some(m) = log.meter() {
         m.feed(whole.clone());
     }
+    filtered(parts, whole, dialect, log)
+}
+
+/// A whole answer in the client's dialect through the filter (which may rewrite it, or refuse
+/// it in the client's dialect).
+fn filtered(
+    mut parts: http::response::Parts,
+    whole: Bytes,
+    dialect: Dialect,
+    mut log: Box<AccessLog>,
+) -> Response<ResponseBody> {
     let body = match log.filter.as_mut().map(|f| f.json(&whole)) {
         None | Some(Ok(None)) => whole,
         Some(Ok(Some(b))) => b,

@@ -1,0 +1,169 @@
+//! OpenAI Chat Completions answers (`chat.completion`) <-> the canonical response, and the
+//! usage and finish-reason vocabularies both directions share with the stream codec.
+
+use serde_json::{Value, json};
+
+use crate::canonical::{Finish, Part, Response, Usage};
+use crate::codec::{DecodeError, bad, unix_now};
+
+/// Decodes a `chat.completion` (its first choice: translated calls ask for one).
+pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let choice = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or_else(|| bad("a chat.completion without choices"))?;
+    let msg = choice.get("message").unwrap_or(&Value::Null);
+    let mut parts = Vec::new();
+    if let Some(t) = msg
+        .get("reasoning_content")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
+        parts.push(Part::Thinking {
+            text: t.into(),
+            signature: None,
+        });
+    }
+    match msg.get("content") {
+        Some(Value::String(s)) if !s.is_empty() => parts.push(Part::Text(crate::canonical::Text {
+            text: s.clone(),
+            cache: None,
+        })),
+        _ => {}
+    }
+    if let Some(r) = msg.get("refusal").and_then(Value::as_str) {
+        parts.push(Part::Text(crate::canonical::Text {
+            text: r.into(),
+            cache: None,
+        }));
+    }
+    for c in msg
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = c.get("function").unwrap_or(&Value::Null);
+        parts.push(Part::ToolCall {
+            id: c.get("id").and_then(Value::as_str).unwrap_or("").into(),
+            name: f.get("name").and_then(Value::as_str).unwrap_or("").into(),
+            arguments: f.get("arguments").and_then(Value::as_str).unwrap_or("{}").into(),
+        });
+    }
+    let refused = msg.get("refusal").is_some_and(|r| r.is_string());
+    Ok(Response {
+        id: v.get("id").and_then(Value::as_str).unwrap_or("").into(),
+        model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
+        parts,
+        finish: match choice.get("finish_reason").and_then(Value::as_str) {
+            _ if refused => Some(Finish::ContentFilter),
+            Some(f) => Some(finish_of(f)),
+            None => None,
+        },
+        stop_sequence: None,
+        usage: v.get("usage").map(usage_of),
+        created: v.get("created").and_then(Value::as_u64),
+    })
+}
+
+pub fn finish_of(reason: &str) -> Finish {
+    match reason {
+        "length" => Finish::MaxTokens,
+        "tool_calls" | "function_call" => Finish::ToolUse,
+        "content_filter" => Finish::ContentFilter,
+        _ => Finish::EndTurn,
+    }
+}
+
+pub fn finish_name(f: Finish) -> &'static str {
+    match f {
+        Finish::EndTurn | Finish::StopSequence | Finish::PauseTurn => "stop",
+        Finish::MaxTokens | Finish::ContextWindow => "length",
+        Finish::ToolUse => "tool_calls",
+        Finish::ContentFilter => "content_filter",
+    }
+}
+
+/// OpenAI usage: `prompt_tokens` includes cached tokens, `completion_tokens` reasoning ones.
+pub fn usage_of(u: &Value) -> Usage {
+    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+    let prompt = n(u.get("prompt_tokens"));
+    let cached = n(u.pointer("/prompt_tokens_details/cached_tokens"));
+    let cache_write = n(u.get("cache_creation_input_tokens"));
+    Usage {
+        input: prompt.saturating_sub(cached).saturating_sub(cache_write),
+        output: n(u.get("completion_tokens")),
+        cached_input: cached,
+        cache_write,
+        reasoning: n(u.pointer("/completion_tokens_details/reasoning_tokens")),
+    }
+}
+
+pub fn usage_json(u: &Usage) -> Value {
+    let prompt = u.prompt();
+    let mut v = json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": u.output,
+        "total_tokens": prompt.saturating_add(u.output),
+        "prompt_tokens_details": {"cached_tokens": u.cached_input},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
+    });
+    if u.cache_write > 0 {
+        // What caching gateways add for Anthropic's cache writes (OpenAI has no such field).
+        v["cache_creation_input_tokens"] = u.cache_write.into();
+    }
+    v
+}
+
+/// Encodes a canonical response as a `chat.completion`. Reasoning goes in `reasoning_content`
+/// and, with its signatures, in `thinking_blocks`, which clients send back on the next turn.
+pub fn encode(r: &Response) -> Vec<u8> {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    let mut reasoning = String::new();
+    let mut blocks = Vec::new();
+    for p in &r.parts {
+        match p {
+            Part::Text(t) => text.push_str(&t.text),
+            Part::ToolCall { id, name, arguments } => calls.push(json!({
+                "id": id, "type": "function", "function": {"name": name, "arguments": arguments}})),
+            Part::Thinking { text: t, signature } => {
+                reasoning.push_str(t);
+                blocks.push(json!({"type": "thinking", "thinking": t, "signature": signature}));
+            }
+            Part::RedactedThinking { data } => {
+                blocks.push(json!({"type": "redacted_thinking", "data": data}))
+            }
+            _ => {}
+        }
+    }
+    let mut msg = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { text.into() },
+        "refusal": null,
+    });
+    if !calls.is_empty() {
+        msg["tool_calls"] = calls.into();
+    }
+    if !blocks.is_empty() {
+        msg["reasoning_content"] = reasoning.into();
+        msg["thinking_blocks"] = blocks.into();
+    }
+    let mut out = json!({
+        "id": r.id,
+        "object": "chat.completion",
+        "created": r.created.unwrap_or_else(unix_now),
+        "model": r.model,
+        "choices": [{
+            "index": 0,
+            "message": msg,
+            "logprobs": null,
+            "finish_reason": r.finish.map(finish_name).unwrap_or("stop"),
+        }],
+    });
+    if let Some(u) = &r.usage {
+        out["usage"] = usage_json(u);
+    }
+    serde_json::to_vec(&out).unwrap_or_default()
+}

@@ -1,0 +1,115 @@
+//! Translation between dialects through the canonical model: requests (with the caller's rules
+//! for what a target cannot say), JSON answers, and errors. Streams: [`crate::stream`].
+//!
+//! Same-dialect calls never come here: their bytes pass through untouched.
+
+use crate::Dialect;
+use crate::canonical::{Disposition, Loss, Losses, Request};
+use crate::codec::DecodeError;
+use crate::{anthropic, openai};
+
+/// What to do with what a target cannot say: `unsupported` for fields that change the call's
+/// meaning (hints the target does without are always dropped), unless `fields` names the field.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub unsupported: Disposition,
+    pub fields: Vec<(String, Disposition)>,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            unsupported: Disposition::Refuse,
+            fields: Vec::new(),
+        }
+    }
+}
+
+impl Rules {
+    pub fn disposition(&self, loss: &Loss) -> Disposition {
+        match self.fields.iter().find(|(f, _)| *f == loss.field) {
+            Some((_, d)) => *d,
+            None if loss.changes_meaning => self.unsupported,
+            None => Disposition::Drop,
+        }
+    }
+}
+
+/// A request in the target's dialect.
+#[derive(Debug)]
+pub struct Translated {
+    pub body: Vec<u8>,
+    /// Fields dropped (or approximated) on the way, for the response header and the audit record.
+    pub dropped: Vec<String>,
+    pub stream: bool,
+    /// The client asked for usage in its stream.
+    pub stream_usage: bool,
+}
+
+#[derive(Debug)]
+pub enum TranslateError {
+    /// The request cannot be read (400 in the client's dialect).
+    Invalid(DecodeError),
+    /// Fields the target cannot carry and the rules refuse to drop.
+    Refused(Vec<Loss>),
+}
+
+pub fn decode_request(from: Dialect, body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> {
+    match from {
+        Dialect::OpenAi => openai::request::decode(body, losses),
+        Dialect::Anthropic => anthropic::request::decode(body, losses),
+    }
+}
+
+pub fn encode_request(to: Dialect, r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> {
+    match to {
+        Dialect::OpenAi => openai::request::encode(r, losses),
+        Dialect::Anthropic => anthropic::request::encode(r, losses),
+    }
+}
+
+/// Translates a request body from the client's dialect to the upstream's, sent as `model`.
+pub fn request(
+    from: Dialect,
+    to: Dialect,
+    body: &[u8],
+    model: &str,
+    rules: &Rules,
+) -> Result<Translated, TranslateError> {
+    let mut losses = Losses::default();
+    let mut r = decode_request(from, body, &mut losses).map_err(TranslateError::Invalid)?;
+    model.clone_into(&mut r.model);
+    let body = encode_request(to, &r, &mut losses).map_err(TranslateError::Invalid)?;
+    let (refused, dropped): (Vec<Loss>, Vec<Loss>) = losses
+        .0
+        .into_iter()
+        .partition(|l| rules.disposition(l) == Disposition::Refuse);
+    if !refused.is_empty() {
+        return Err(TranslateError::Refused(refused));
+    }
+    Ok(Translated {
+        body,
+        dropped: dropped.into_iter().map(|l| l.field).collect(),
+        stream: r.stream,
+        stream_usage: r.stream_usage,
+    })
+}
+
+/// Translates a successful JSON answer from the upstream's dialect to the client's.
+pub fn response(from: Dialect, to: Dialect, body: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let r = match from {
+        Dialect::OpenAi => openai::response::decode(body)?,
+        Dialect::Anthropic => anthropic::response::decode(body)?,
+    };
+    Ok(match to {
+        Dialect::OpenAi => openai::response::encode(&r),
+        Dialect::Anthropic => anthropic::response::encode(&r),
+    })
+}
+
+/// Re-expresses an upstream's error answer in the client's dialect, with the status its SDK
+/// acts on.
+pub fn error(from: Dialect, to: Dialect, status: u16, body: &[u8]) -> (u16, Vec<u8>) {
+    let e = crate::error::decode(from, status, body);
+    crate::error::encode(to, &e)
+}

@@ -1,0 +1,237 @@
+//! Golden translations: every input under `tests/golden/` (written from the providers' API
+//! references) translated to the other dialect and compared with the expected file beside it,
+//! `<case>.<from>-to-<to>.<ext>`. Streams are also fed split at every byte, and must come out the
+//! same. `UPDATE_GOLDEN=1` rewrites the expected files (review the diff before committing).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use lattice_providers::Dialect;
+use lattice_providers::stream::Transcoder;
+use lattice_providers::translate::{self, Rules, TranslateError};
+use serde_json::{Value, json};
+
+fn dir(sub: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(sub)
+}
+
+fn dialect(name: &str) -> Option<Dialect> {
+    match name {
+        "openai" => Some(Dialect::OpenAi),
+        "anthropic" => Some(Dialect::Anthropic),
+        _ => None,
+    }
+}
+
+fn other(d: Dialect) -> Dialect {
+    match d {
+        Dialect::OpenAi => Dialect::Anthropic,
+        Dialect::Anthropic => Dialect::OpenAi,
+    }
+}
+
+/// The inputs of a directory: (case, dialect, path), expected files excluded.
+fn inputs(sub: &str, ext: &str) -> Vec<(String, Dialect, PathBuf)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir(sub)).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(&format!(".{ext}")) else {
+            continue;
+        };
+        let Some((case, d)) = stem.rsplit_once('.') else {
+            continue;
+        };
+        if d.contains("-to-") {
+            continue;
+        }
+        let d = dialect(d).unwrap_or_else(|| panic!("{name}: unknown dialect"));
+        out.push((case.to_string(), d, e.path()));
+    }
+    out.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    assert!(!out.is_empty(), "no inputs in {sub}");
+    out
+}
+
+fn expected_path(sub: &str, case: &str, from: Dialect, to: Dialect, ext: &str) -> PathBuf {
+    dir(sub).join(format!("{case}.{}-to-{}.{ext}", from.as_str(), to.as_str()))
+}
+
+/// Compares `got` with the expected file (or writes it under `UPDATE_GOLDEN=1`).
+fn check(path: &Path, got: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run with UPDATE_GOLDEN=1 and review it",
+            path.display()
+        )
+    });
+    assert_eq!(got, want, "{} differs", path.display());
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap() + "\n"
+}
+
+/// `created` is the translation's clock; everything else must be exact.
+fn without_clock(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut()
+        && o.contains_key("created")
+    {
+        o.insert("created".into(), json!(0));
+    }
+    v
+}
+
+#[test]
+fn requests_translate_as_the_golden_files_say() {
+    for (case, from, path) in inputs("requests", "json") {
+        let body = std::fs::read(&path).unwrap();
+        let to = other(from);
+        let model = match to {
+            Dialect::OpenAi => "gpt-4o",
+            Dialect::Anthropic => "claude-sonnet-4-20250514",
+        };
+        let got = match translate::request(from, to, &body, model, &Rules::default()) {
+            Ok(t) => {
+                let body: Value = serde_json::from_slice(&t.body).unwrap();
+                json!({"body": body, "dropped": t.dropped})
+            }
+            Err(TranslateError::Refused(losses)) => {
+                json!({"refused": losses.iter().map(|l| json!({"field": l.field, "note": l.note})).collect::<Vec<_>>()})
+            }
+            Err(TranslateError::Invalid(e)) => json!({"invalid": e.0}),
+        };
+        check(&expected_path("requests", &case, from, to, "json"), &pretty(&got));
+    }
+}
+
+#[test]
+fn answers_translate_as_the_golden_files_say() {
+    for (case, from, path) in inputs("responses", "json") {
+        let body = std::fs::read(&path).unwrap();
+        let to = other(from);
+        let got = match translate::response(from, to, &body) {
+            Ok(b) => without_clock(serde_json::from_slice(&b).unwrap()),
+            Err(e) => json!({"invalid": e.0}),
+        };
+        check(
+            &expected_path("responses", &case, from, to, "json"),
+            &pretty(&got),
+        );
+    }
+}
+
+#[test]
+fn errors_translate_as_the_golden_files_say() {
+    for (case, from, path) in inputs("errors", "json") {
+        let input: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let status = input["status"].as_u64().unwrap() as u16;
+        let body = serde_json::to_vec(&input["body"]).unwrap();
+        let to = other(from);
+        let (status, out) = translate::error(from, to, status, &body);
+        let got = json!({"status": status, "body": serde_json::from_slice::<Value>(&out).unwrap()});
+        check(&expected_path("errors", &case, from, to, "json"), &pretty(&got));
+    }
+}
+
+/// Transcodes `input` fed in the given pieces; the output with the clock zeroed.
+fn transcode(from: Dialect, to: Dialect, pieces: &[&[u8]]) -> String {
+    let mut t = Transcoder::new(from, to, true);
+    let mut out = Vec::new();
+    for p in pieces {
+        out.extend_from_slice(&t.feed(p));
+    }
+    out.extend_from_slice(&t.finish());
+    let text = String::from_utf8(out).unwrap();
+    // Zero the clock in every OpenAI chunk.
+    text.lines()
+        .map(|l| match l.strip_prefix("data: ") {
+            Some(d) if d.starts_with('{') => {
+                format!("data: {}", without_clock(serde_json::from_str(d).unwrap()))
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn streams_transcode_as_the_golden_files_say_however_the_reads_fall() {
+    for (case, from, path) in inputs("streams", "sse") {
+        let input = std::fs::read(&path).unwrap();
+        let to = other(from);
+        let whole = transcode(from, to, &[&input]);
+        check(&expected_path("streams", &case, from, to, "sse"), &whole);
+        for cut in 1..input.len() {
+            let (a, b) = input.split_at(cut);
+            assert_eq!(
+                transcode(from, to, &[a, b]),
+                whole,
+                "{case}.{}: split at byte {cut}",
+                from.as_str()
+            );
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(transcode(from, to, &bytes), whole, "{case}: one byte per read");
+    }
+}
+
+#[test]
+fn a_stream_cut_mid_event_ends_with_an_error_event_in_the_clients_dialect() {
+    let input = std::fs::read(dir("streams").join("tool_calls.anthropic.sse")).unwrap();
+    let cut = &input[..input.len() / 2];
+    let out = transcode(Dialect::Anthropic, Dialect::OpenAi, &[cut]);
+    let last = out.lines().rfind(|l| l.starts_with("data: ")).unwrap();
+    let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ended in the middle of an event"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("[DONE]"),
+        "a cut stream must not look complete: {out}"
+    );
+
+    let input = std::fs::read(dir("streams").join("tool_calls.openai.sse")).unwrap();
+    let out = transcode(Dialect::OpenAi, Dialect::Anthropic, &[&input[..input.len() / 2]]);
+    assert!(out.contains("event: error\n"), "{out}");
+    assert!(!out.contains("message_stop"), "{out}");
+}
+
+#[test]
+fn an_unknown_event_ends_the_stream_with_an_error_not_silently() {
+    let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"m\",\"usage\":{\"input_tokens\":1}}}\n\n\
+                  event: surprise\ndata: {\"type\":\"surprise\"}\n\n\
+                  event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let out = transcode(Dialect::Anthropic, Dialect::OpenAi, &[stream.as_bytes()]);
+    assert!(out.contains("\"error\""), "{out}");
+    assert!(out.contains("surprise"), "{out}");
+    assert!(!out.contains("[DONE]"), "{out}");
+    let stream = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: not json\n\n";
+    let out = transcode(Dialect::OpenAi, Dialect::Anthropic, &[stream.as_bytes()]);
+    assert!(out.contains("event: error\n"), "{out}");
+    assert!(
+        out.contains("text_delta"),
+        "what came before the fault is still sent: {out}"
+    );
+}
+
+#[test]
+fn an_upstream_error_event_keeps_its_kind() {
+    let input = std::fs::read(dir("streams").join("error_overloaded.anthropic.sse")).unwrap();
+    let out = transcode(Dialect::Anthropic, Dialect::OpenAi, &[&input]);
+    let last = out.lines().rfind(|l| l.starts_with("data: ")).unwrap();
+    let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(v["error"]["type"], "service_unavailable", "{out}");
+    assert_eq!(v["error"]["message"], "Overloaded");
+}
