@@ -229,6 +229,46 @@ async fn pii_in_answers_is_redacted_in_json_and_streams_of_both_dialects() {
 }
 
 #[tokio::test]
+async fn pii_in_translated_answers_is_redacted_in_the_clients_dialect() {
+    // Each client calls the model of the other dialect: the upstream answers in its own, the
+    // gateway translates, and the filter reads what the client will see.
+    let up = MockUpstream::start(Behavior {
+        script: Some(text_script(ANSWER)),
+        ..Default::default()
+    })
+    .await;
+    let pii = "[pii]\nresponse = { default = \"redact\", card = \"mask\" }\n";
+    let gw = TestGateway::start(&format!("{}{pii}", config(up.addr, "", ""))).await;
+    for anthropic in [false, true] {
+        for stream in [false, true] {
+            let model = if anthropic { "gpt-4o" } else { "claude-3-5-haiku" };
+            let body = json!({"model": model, "max_tokens": 50, "stream": stream,
+                              "messages": [{"role": "user", "content": "contact?"}]});
+            let r = chat(&gw, anthropic, body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let upstream_path = up.last().uri.path().to_string();
+            assert_eq!(
+                upstream_path.ends_with("/v1/messages"),
+                !anthropic,
+                "{upstream_path}"
+            );
+            let raw = r.text();
+            assert!(!raw.contains(EMAIL) && !raw.contains(CARD), "leaked: {raw}");
+            assert_eq!(
+                answer_text(&r, anthropic, stream),
+                "Write to [EMAIL_1], card ***************1111, thanks.",
+                "anthropic={anthropic} stream={stream}"
+            );
+        }
+    }
+    let ends = end_records(&gw, 4).await;
+    for e in &ends {
+        assert!(!e.to_string().contains(EMAIL), "{e}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_blocked_kind_in_an_answer_stops_it_before_the_value_goes_out() {
     let up = MockUpstream::start(Behavior {
         script: Some(text_script(ANSWER)),
