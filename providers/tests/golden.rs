@@ -235,3 +235,72 @@ fn an_upstream_error_event_keeps_its_kind() {
     assert_eq!(v["error"]["type"], "service_unavailable", "{out}");
     assert_eq!(v["error"]["message"], "Overloaded");
 }
+
+/// `docs/translation.md`'s matrix names golden cases; each must exist in its cell's direction,
+/// every `exact` or `approximated` cell must name one (unless it says why not in words only
+/// for a dialect without the feature), and every golden case must be named by a cell.
+#[test]
+fn translation_matrix_names_only_golden_cases_that_exist() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/translation.md"))
+        .unwrap();
+    // Columns: (client, upstream).
+    let columns = [
+        (Dialect::OpenAi, Dialect::Anthropic),
+        (Dialect::Anthropic, Dialect::OpenAi),
+    ];
+    let mut named = std::collections::BTreeSet::new();
+    let rows: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| feature |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(rows.len() > 20, "the matrix has rows: {}", rows.len());
+    for row in rows {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 3, "{row}");
+        for (i, (client, upstream)) in columns.iter().enumerate() {
+            let cell = cells[i + 1];
+            let refs: Vec<&str> = match (cell.find('['), cell.rfind(']')) {
+                (Some(a), Some(b)) => cell[a + 1..b].split(", ").collect(),
+                _ => Vec::new(),
+            };
+            let kind = cell.split([' ', ',']).next().unwrap_or("");
+            assert!(
+                ["exact", "approximated", "dropped", "refused", "-"].contains(&kind),
+                "{row}: a cell says exact, approximated, dropped, refused or -"
+            );
+            for r in refs {
+                let (sub, case) = r.split_once('/').unwrap_or_else(|| panic!("{row}: {r}"));
+                let (from, to, ext) = match sub {
+                    "requests" => (client, upstream, "json"),
+                    "responses" | "errors" => (upstream, client, "json"),
+                    "streams" => (upstream, client, "sse"),
+                    _ => panic!("{row}: unknown golden directory {sub}"),
+                };
+                let path = expected_path(sub, case, *from, *to, ext);
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|_| panic!("{row}: names {}, which does not exist", path.display()));
+                assert_eq!(
+                    kind == "refused",
+                    text.contains("\"refused\""),
+                    "{row}: {} disagrees",
+                    path.display()
+                );
+                named.insert(path);
+            }
+        }
+    }
+    for sub in ["requests", "responses", "streams", "errors"] {
+        for e in std::fs::read_dir(dir(sub)).unwrap().flatten() {
+            let p = e.path();
+            if p.file_name().unwrap().to_string_lossy().contains("-to-") {
+                assert!(
+                    named.contains(&p),
+                    "{} is named by no cell of docs/translation.md",
+                    p.display()
+                );
+            }
+        }
+    }
+}
