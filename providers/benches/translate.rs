@@ -1,0 +1,54 @@
+//! Translation cost in process: a request, a JSON answer and a whole stream per pair (the
+//! stream's throughput is per upstream event), from the golden inputs.
+
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use lattice_providers::Dialect;
+use lattice_providers::stream::Transcoder;
+use lattice_providers::translate::{self, Rules};
+
+fn golden(rel: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(rel)).unwrap_or_default()
+}
+
+fn name(from: Dialect, to: Dialect) -> String {
+    format!("{}->{}", from.as_str(), to.as_str())
+}
+
+fn bench(c: &mut Criterion) {
+    let rules = Rules::default();
+    let pairs = [(Dialect::OpenAi, Dialect::Anthropic), (Dialect::Anthropic, Dialect::OpenAi)];
+    let mut g = c.benchmark_group("request");
+    for (from, to) in pairs {
+        let body = golden(&format!("requests/tool_result_turn.{}.json", from.as_str()));
+        g.bench_function(name(from, to), |b| {
+            b.iter(|| translate::request(from, to, &body, "m", &rules).map(|t| t.body.len()))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("answer");
+    for (to, from) in pairs {
+        let body = golden(&format!("responses/tool_calls.{}.json", from.as_str()));
+        g.bench_function(name(from, to), |b| b.iter(|| translate::response(from, to, &body).map(|v| v.len())));
+    }
+    g.finish();
+    let mut g = c.benchmark_group("stream");
+    for (to, from) in pairs {
+        let stream = golden(&format!("streams/tool_calls.{}.sse", from.as_str()));
+        let events = stream.windows(2).filter(|w| w == b"\n\n").count() as u64;
+        g.throughput(Throughput::Elements(events));
+        g.bench_function(name(from, to), |b| {
+            b.iter(|| {
+                let mut t = Transcoder::new(from, to, true);
+                let mut n = t.feed(&stream).len();
+                n += t.finish().len();
+                n
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
