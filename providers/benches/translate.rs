@@ -9,7 +9,12 @@ use lattice_providers::stream::Transcoder;
 use lattice_providers::translate::{self, Rules};
 
 fn golden(rel: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(rel)).unwrap_or_default()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(rel),
+    )
+    .unwrap_or_default()
 }
 
 fn name(from: Dialect, to: Dialect) -> String {
@@ -18,7 +23,10 @@ fn name(from: Dialect, to: Dialect) -> String {
 
 fn bench(c: &mut Criterion) {
     let rules = Rules::default();
-    let pairs = [(Dialect::OpenAi, Dialect::Anthropic), (Dialect::Anthropic, Dialect::OpenAi)];
+    let pairs = [
+        (Dialect::OpenAi, Dialect::Anthropic),
+        (Dialect::Anthropic, Dialect::OpenAi),
+    ];
     let mut g = c.benchmark_group("request");
     for (from, to) in pairs {
         let body = golden(&format!("requests/tool_result_turn.{}.json", from.as_str()));
@@ -26,11 +34,19 @@ fn bench(c: &mut Criterion) {
             b.iter(|| translate::request(from, to, &body, "m", &rules).map(|t| t.body.len()))
         });
     }
+    let small = br#"{"model":"claude-via-openai","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64,"stream":true}"#;
+    g.bench_function("openai->anthropic/small", |b| {
+        b.iter(|| {
+            translate::request(Dialect::OpenAi, Dialect::Anthropic, small, "m", &rules).map(|t| t.body.len())
+        })
+    });
     g.finish();
     let mut g = c.benchmark_group("answer");
     for (to, from) in pairs {
         let body = golden(&format!("responses/tool_calls.{}.json", from.as_str()));
-        g.bench_function(name(from, to), |b| b.iter(|| translate::response(from, to, &body).map(|v| v.len())));
+        g.bench_function(name(from, to), |b| {
+            b.iter(|| translate::response(from, to, &body).map(|v| v.len()))
+        });
     }
     g.finish();
     let mut g = c.benchmark_group("stream");

@@ -64,6 +64,52 @@ pub fn parse(raw: &[u8]) -> Event {
     Event { name, data }
 }
 
+/// An event read without copying: its name and its data, borrowed from the event's bytes when
+/// it has one `data:` line (the usual case) and is UTF-8.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub name: Option<&'a str>,
+    pub data: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// [`parse`] without copying where it can: lines are found with `memchr`, and only the `data:`
+/// payload is checked for UTF-8.
+pub fn parse_ref(raw: &[u8]) -> EventRef<'_> {
+    let mut name = None;
+    let mut data: Option<std::borrow::Cow<'_, str>> = None;
+    let mut at = 0;
+    while at < raw.len() {
+        let end = memchr::memchr(b'\n', &raw[at..]).map_or(raw.len(), |i| at + i);
+        let line = trim_eol(&raw[at..end]);
+        at = end + 1;
+        if let Some(v) = line.strip_prefix(b"event:") {
+            let v = v.trim_ascii_start();
+            match std::str::from_utf8(v) {
+                Ok(v) => name = Some(v),
+                Err(_) => return owned(raw),
+            }
+        } else if let Some(v) = data_line(line) {
+            let Ok(v) = std::str::from_utf8(v) else {
+                return owned(raw);
+            };
+            data = Some(match data {
+                None => std::borrow::Cow::Borrowed(v),
+                Some(d) => std::borrow::Cow::Owned(format!("{d}\n{v}")),
+            });
+        }
+    }
+    EventRef { name, data }
+}
+
+/// An event that is not all UTF-8: read the lossy way.
+fn owned(raw: &[u8]) -> EventRef<'_> {
+    let e = parse(raw);
+    EventRef {
+        name: None,
+        data: e.data.map(std::borrow::Cow::Owned),
+    }
+}
+
 /// Writes one event. `data` must not contain a newline (compact JSON never does).
 pub fn write(out: &mut BytesMut, name: Option<&str>, data: &str) {
     if let Some(n) = name {
@@ -143,6 +189,25 @@ mod tests {
             assert_eq!(got[0].data.as_deref(), Some("{\"x\":1}"));
             assert_eq!(got[1].data, None);
             assert_eq!(got[2].data.as_deref(), Some("one\ntwo"));
+        }
+    }
+
+    #[test]
+    fn borrowed_parsing_agrees_with_parsing() {
+        for raw in [
+            &b"event: a\r\ndata: {\"x\":1}\r\n\r\n"[..],
+            b"data: one\ndata: two\n\n",
+            b": comment\n\n",
+            b"data:no-space\n\n",
+            b"event: e\ndata: caf\xc3\xa9\n\n",
+            b"data: bad \xff byte\n\n",
+        ] {
+            let e = parse(raw);
+            let r = parse_ref(raw);
+            assert_eq!(r.data.as_deref(), e.data.as_deref(), "{raw:?}");
+            if std::str::from_utf8(raw).is_ok() {
+                assert_eq!(r.name, e.name.as_deref(), "{raw:?}");
+            }
         }
     }
 

@@ -148,13 +148,14 @@ impl Transcoder {
     }
 
     fn raw_event(&mut self, raw: &[u8], out: &mut BytesMut) {
-        let Some(data) = sse::parse(raw).data else {
+        let sse::EventRef { data, .. } = sse::parse_ref(raw);
+        let Some(data) = data else {
             return; // a comment or keep-alive
         };
         self.events_in += 1;
         let decoded = match &mut self.decode {
             Decode::OpenAi(d) => d.data(&data, &mut self.events),
-            Decode::Anthropic(d) => d.data(&data, &mut self.events),
+            Decode::Anthropic(d) => d.event(&data, &mut self.events),
         };
         // Events decoded before a failure still go out, then the error.
         for e in self.events.drain(..) {

@@ -2,6 +2,8 @@
 //! canonical stream events, one event at a time.
 
 use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::response::{finish_name, finish_of, usage_json, usage_of};
@@ -54,56 +56,54 @@ impl Decoder {
             self.done = true;
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data)
-            .map_err(|e| StreamError::Malformed(format!("a chunk that is not JSON: {e}")))?;
-        if let Some(e) = v.get("error") {
-            return Err(StreamError::Upstream(super::error_of(0, e)));
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
+            StreamError::Malformed(format!("a chunk not in the shape of chat.completion.chunk: {e}"))
+        })?;
+        if let Some(e) = chunk.error {
+            let e: Value = serde_json::from_str(e.get()).unwrap_or_default();
+            return Err(StreamError::Upstream(super::error_of(0, &e)));
         }
         if !self.started {
             self.started = true;
+            let text = |r: Option<&RawValue>| {
+                r.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+                    .unwrap_or_default()
+            };
             out.push(Event::Start {
-                id: v.get("id").and_then(Value::as_str).unwrap_or("").into(),
-                model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
+                id: text(chunk.id),
+                model: text(chunk.model),
                 usage: None,
             });
         }
-        let choices = v.get("choices").and_then(Value::as_array);
-        for c in choices.into_iter().flatten() {
-            if c.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+        for c in chunk.choices.into_iter().flatten() {
+            if c.index != 0 {
                 return Err(StreamError::Malformed("a second choice (n > 1)".into()));
             }
             if self.finish.is_some() {
                 return Err(StreamError::Malformed("content after the finish reason".into()));
             }
-            let d = c.get("delta").unwrap_or(&Value::Null);
-            if let Some(t) = d
-                .get("reasoning_content")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
+            let d = c.delta.unwrap_or_default();
+            if let Some(t) = d.reasoning_content.filter(|t| !t.is_empty()) {
                 let i = self.part(PartKind::Thinking, out);
                 out.push(Event::Delta {
                     index: i,
-                    delta: Delta::Thinking(t.into()),
+                    delta: Delta::Thinking(t),
                 });
             }
-            for key in ["content", "refusal"] {
-                if let Some(t) = d.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
-                    let i = self.part(PartKind::Text, out);
-                    out.push(Event::Delta {
-                        index: i,
-                        delta: Delta::Text(t.into()),
-                    });
-                }
-            }
-            for tc in d
-                .get("tool_calls")
-                .and_then(Value::as_array)
+            for t in [d.content, d.refusal]
                 .into_iter()
                 .flatten()
+                .filter(|t| !t.is_empty())
             {
-                let oi = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let f = tc.get("function").unwrap_or(&Value::Null);
+                let i = self.part(PartKind::Text, out);
+                out.push(Event::Delta {
+                    index: i,
+                    delta: Delta::Text(t),
+                });
+            }
+            for tc in d.tool_calls.into_iter().flatten() {
+                let oi = tc.index;
+                let f = tc.function.unwrap_or_default();
                 let index = match self.tools.iter().find(|(o, _)| *o == oi) {
                     Some((_, i)) if self.open.contains(i) => *i,
                     Some(_) => {
@@ -112,42 +112,33 @@ impl Decoder {
                         ));
                     }
                     None => {
-                        let id = tc.get("id").and_then(Value::as_str).unwrap_or("");
-                        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
-                        if id.is_empty() || name.is_empty() {
+                        let id = tc.id.filter(|i| !i.is_empty());
+                        let name = f.name.filter(|n| !n.is_empty());
+                        let (Some(id), Some(name)) = (id, name) else {
                             return Err(StreamError::Malformed(
                                 "a tool call without its id and name".into(),
                             ));
-                        }
-                        let i = self.open_part(
-                            PartStart::ToolCall {
-                                id: id.into(),
-                                name: name.into(),
-                            },
-                            out,
-                        );
+                        };
+                        let i = self.open_part(PartStart::ToolCall { id, name }, out);
                         self.tools.push((oi, i));
                         i
                     }
                 };
-                if let Some(a) = f
-                    .get("arguments")
-                    .and_then(Value::as_str)
-                    .filter(|a| !a.is_empty())
-                {
+                if let Some(a) = f.arguments.filter(|a| !a.is_empty()) {
                     out.push(Event::Delta {
                         index,
-                        delta: Delta::Arguments(a.into()),
+                        delta: Delta::Arguments(a),
                     });
                 }
             }
-            if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
+            if let Some(f) = c.finish_reason {
                 self.finish = Some(finish_of(f));
                 self.close(out);
             }
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(usage_of(u));
+        if let Some(u) = chunk.usage {
+            let u: Value = serde_json::from_str(u.get()).unwrap_or_default();
+            self.usage = Some(usage_of(&u));
             if self.finish.is_some() && !self.finished {
                 self.finished = true;
                 out.push(Event::Finish {
@@ -206,6 +197,53 @@ enum PartKind {
     Thinking,
 }
 
+/// A `chat.completion.chunk`, read without a JSON tree; ids and usage are kept raw until needed.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    delta: Option<ChoiceDelta>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Deserialize, Default)]
+struct ChoiceDelta {
+    content: Option<String>,
+    reasoning_content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<ToolDelta>>,
+}
+
+#[derive(Deserialize)]
+struct ToolDelta {
+    #[serde(default)]
+    index: u64,
+    id: Option<String>,
+    function: Option<FnDelta>,
+}
+
+#[derive(Deserialize, Default)]
+struct FnDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
 /// Writes canonical events as an OpenAI stream.
 #[derive(Debug)]
 pub struct Encoder {
@@ -217,6 +255,9 @@ pub struct Encoder {
     start_usage: Option<Usage>,
     /// A part's index -> its tool-call index (in order of appearance).
     tools: Vec<(usize, usize)>,
+    /// `data: {"id":..,"object":"chat.completion.chunk","created":..,"model":..,"choices":[{"index":0,"delta":`
+    head: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl Encoder {
@@ -228,6 +269,8 @@ impl Encoder {
             usage,
             start_usage: None,
             tools: Vec::new(),
+            head: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -241,6 +284,15 @@ impl Encoder {
                 };
                 self.model = model.clone();
                 self.start_usage = *usage;
+                let h = &mut self.head;
+                h.clear();
+                h.extend_from_slice(b"data: {\"id\":");
+                crate::codec::push_json_str(h, &self.id);
+                h.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+                crate::codec::push_u64(h, self.created);
+                h.extend_from_slice(b",\"model\":");
+                crate::codec::push_json_str(h, &self.model);
+                h.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
                 self.chunk(json!({"role": "assistant", "content": ""}), None, out);
             }
             Event::PartStart { index, part } => match part {
@@ -258,18 +310,38 @@ impl Encoder {
                 PartStart::Text | PartStart::Thinking => {}
             },
             Event::Delta { index, delta } => {
-                let d = match delta {
-                    Delta::Text(t) => json!({"content": t}),
-                    Delta::Thinking(t) => json!({"reasoning_content": t}),
+                // The hot path: written directly, no JSON tree.
+                let mut d = std::mem::take(&mut self.scratch);
+                d.clear();
+                match delta {
+                    Delta::Text(t) => {
+                        d.extend_from_slice(b"{\"content\":");
+                        crate::codec::push_json_str(&mut d, t);
+                        d.push(b'}');
+                    }
+                    Delta::Thinking(t) => {
+                        d.extend_from_slice(b"{\"reasoning_content\":");
+                        crate::codec::push_json_str(&mut d, t);
+                        d.push(b'}');
+                    }
                     Delta::Signature(s) => {
-                        json!({"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": s}]})
+                        d.extend_from_slice(
+                            b"{\"thinking_blocks\":[{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":",
+                        );
+                        crate::codec::push_json_str(&mut d, s);
+                        d.extend_from_slice(b"}]}");
                     }
                     Delta::Arguments(a) => {
                         let n = self.tools.iter().find(|(i, _)| i == index).map_or(0, |(_, n)| *n);
-                        json!({"tool_calls": [{"index": n, "function": {"arguments": a}}]})
+                        d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                        crate::codec::push_u64(&mut d, n as u64);
+                        d.extend_from_slice(b",\"function\":{\"arguments\":");
+                        crate::codec::push_json_str(&mut d, a);
+                        d.extend_from_slice(b"}}]}");
                     }
-                };
-                self.chunk(d, None, out);
+                }
+                self.raw_chunk(&d, None, out);
+                self.scratch = d;
             }
             Event::PartStop { .. } => {}
             Event::Finish { finish, usage, .. } => {
@@ -294,10 +366,23 @@ impl Encoder {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut BytesMut) {
-        let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                       "model": self.model,
-                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        crate::sse::write(out, None, &v.to_string());
+        self.raw_chunk(delta.to_string().as_bytes(), finish, out);
+    }
+
+    /// One chunk whose delta is the JSON `delta`.
+    fn raw_chunk(&self, delta: &[u8], finish: Option<&str>, out: &mut BytesMut) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(delta);
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                out.extend_from_slice(b"\"");
+                out.extend_from_slice(f.as_bytes());
+                out.extend_from_slice(b"\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
     }
 }
 
