@@ -49,11 +49,8 @@ pub fn code_name(kind: ErrorKind) -> &'static str {
 /// keeps the status and a fixed message (an upstream's raw body is not passed on).
 pub fn decode(dialect: Dialect, status: u16, body: &[u8]) -> ApiError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let inner = match dialect {
-        Dialect::OpenAi => v.get("error"),
-        Dialect::Anthropic => v.get("error"),
-    };
-    match (dialect, inner) {
+    // Both dialects put the error object under `error`.
+    match (dialect, v.get("error")) {
         (Dialect::OpenAi, Some(e)) if e.is_object() => crate::openai::error_of(status, e),
         (Dialect::Anthropic, Some(e)) if e.is_object() => crate::anthropic::error_of(status, e),
         _ => ApiError {
@@ -61,6 +58,21 @@ pub fn decode(dialect: Dialect, status: u16, body: &[u8]) -> ApiError {
             kind: kind_of_status(status),
             message: format!("the upstream answered {status}"),
         },
+    }
+}
+
+/// An error object's `kind` (from its dialect's `type`, else the status) with `status` (0: the
+/// one the kind implies) and its message.
+pub fn api_error(status: u16, kind: Option<ErrorKind>, e: &serde_json::Value) -> ApiError {
+    let kind = kind.unwrap_or_else(|| kind_of_status(status));
+    ApiError {
+        status: if status == 0 { status_of_kind(kind) } else { status },
+        kind,
+        message: e
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("the upstream failed")
+            .into(),
     }
 }
 

@@ -62,7 +62,6 @@ pub struct Transcoder {
     ended: bool,
     /// Why it ended early, for the access record.
     failure: Option<String>,
-    events_in: u64,
 }
 
 impl Transcoder {
@@ -82,7 +81,6 @@ impl Transcoder {
             events: Vec::new(),
             ended: false,
             failure: None,
-            events_in: 0,
         }
     }
 
@@ -142,17 +140,11 @@ impl Transcoder {
         self.failure.as_deref()
     }
 
-    /// Events read from the upstream.
-    pub fn events_in(&self) -> u64 {
-        self.events_in
-    }
-
     fn raw_event(&mut self, raw: &[u8], out: &mut BytesMut) {
         let sse::EventRef { data, .. } = sse::parse_ref(raw);
         let Some(data) = data else {
             return; // a comment or keep-alive
         };
-        self.events_in += 1;
         let decoded = match &mut self.decode {
             Decode::OpenAi(d) => d.data(&data, &mut self.events),
             Decode::Anthropic(d) => d.event(&data, &mut self.events),

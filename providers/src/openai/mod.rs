@@ -13,27 +13,15 @@ use crate::canonical::{ApiError, ErrorKind};
 /// An OpenAI error object (`{"message","type","code"}`) answered with `status`.
 pub fn error_of(status: u16, e: &Value) -> ApiError {
     let kind = match e.get("type").and_then(Value::as_str) {
-        Some("invalid_request_error") => ErrorKind::InvalidRequest,
-        Some("authentication_error") => ErrorKind::Authentication,
-        Some("permission_error") => ErrorKind::Permission,
-        Some("not_found_error") => ErrorKind::NotFound,
-        Some("rate_limit_exceeded" | "rate_limit_error" | "insufficient_quota") => ErrorKind::RateLimit,
-        Some("service_unavailable" | "overloaded_error") => ErrorKind::Overloaded,
-        _ => crate::error::kind_of_status(status),
+        Some("invalid_request_error") => Some(ErrorKind::InvalidRequest),
+        Some("authentication_error") => Some(ErrorKind::Authentication),
+        Some("permission_error") => Some(ErrorKind::Permission),
+        Some("not_found_error") => Some(ErrorKind::NotFound),
+        Some("rate_limit_exceeded" | "rate_limit_error" | "insufficient_quota") => Some(ErrorKind::RateLimit),
+        Some("service_unavailable" | "overloaded_error") => Some(ErrorKind::Overloaded),
+        _ => None,
     };
-    ApiError {
-        status: if status == 0 {
-            crate::error::status_of_kind(kind)
-        } else {
-            status
-        },
-        kind,
-        message: e
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("the upstream failed")
-            .into(),
-    }
+    crate::error::api_error(status, kind, e)
 }
 
 /// The error `type` OpenAI's SDKs expect for a kind.
