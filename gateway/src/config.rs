@@ -411,6 +411,12 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic's Messages API: `x-api-key`.
     Anthropic,
+    /// Google's Gemini API (`generateContent`; base `https://generativelanguage.googleapis.com`):
+    /// `x-goog-api-key`.
+    Gemini,
+    /// Ollama's native `/api/chat` (base `http://localhost:11434`): `Authorization: Bearer` when
+    /// a key is set (Ollama's cloud), none otherwise.
+    Ollama,
     /// The built-in deterministic provider; no network.
     Mock,
 }
@@ -420,6 +426,8 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Ollama => "ollama",
             ProviderKind::Mock => "mock",
         }
     }

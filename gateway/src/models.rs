@@ -20,8 +20,10 @@ pub(crate) fn model_object(
     match router.listed().find(|(n, _)| *n == id) {
         Some((name, target)) => {
             let obj = match dialect {
-                Dialect::OpenAi => openai_model(name, &target.upstream.name),
                 Dialect::Anthropic => anthropic_model(name),
+                Dialect::OpenAi | Dialect::Gemini | Dialect::Ollama => {
+                    openai_model(name, &target.upstream.name)
+                }
             };
             plain(
                 StatusCode::OK,
@@ -55,4 +57,19 @@ pub(crate) fn model_lists(router: &Router) -> (Bytes, Bytes) {
     let o = serde_json::json!({"object": "list", "data": openai});
     let a = serde_json::json!({"data": anthropic, "has_more": false, "first_id": first, "last_id": last});
     (Bytes::from(o.to_string()), Bytes::from(a.to_string()))
+}
+
+/// Ollama's `GET /api/tags`: the listed models, in the shape its SDKs parse (`models[]` with
+/// `name`, `model`, `modified_at`, `size`, `digest`, `details`). Sizes and digests describe
+/// local weights, which a gateway route has none of: zero and empty.
+pub(crate) fn ollama_tags(router: &Router) -> Bytes {
+    let models: Vec<_> = router
+        .listed()
+        .map(|(n, _)| {
+            serde_json::json!({"name": n, "model": n, "modified_at": "1970-01-01T00:00:00Z", "size": 0,
+                               "digest": "", "details": {"format": "", "family": "", "families": null,
+                                                         "parameter_size": "", "quantization_level": ""}})
+        })
+        .collect();
+    Bytes::from(serde_json::json!({ "models": models }).to_string())
 }

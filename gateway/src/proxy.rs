@@ -23,13 +23,37 @@ use crate::state::State;
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
-/// The dialect to answer in before the surface is known: Anthropic's SDKs always send
-/// `anthropic-version`; everything else is answered as OpenAI.
-fn guess_dialect(headers: &HeaderMap) -> Dialect {
-    if headers.contains_key(&ANTHROPIC_VERSION) {
+/// The dialect to answer in before the surface is known: Gemini's and Ollama's paths are their
+/// own; Anthropic's SDKs always send `anthropic-version`; everything else is answered as OpenAI.
+fn guess_dialect(path: &str, headers: &HeaderMap) -> Dialect {
+    if path.starts_with("/v1beta/") {
+        Dialect::Gemini
+    } else if path.starts_with("/api/") {
+        Dialect::Ollama
+    } else if headers.contains_key(&ANTHROPIC_VERSION) {
         Dialect::Anthropic
     } else {
         Dialect::OpenAi
+    }
+}
+
+/// Gemini's SDKs and REST examples may carry the key as `?key=`: it is taken as the
+/// `x-goog-api-key` header (where the identity gate reads it), unless that header is set. The
+/// query never goes upstream (a Gemini path is rebuilt from the model and method).
+fn gemini_query_key(parts: &mut http::request::Parts) {
+    const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+    if parts.headers.contains_key(&X_GOOG_API_KEY) {
+        return;
+    }
+    let key = parts
+        .uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("key="));
+    if let Some(mut v) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        v.set_sensitive(true);
+        parts.headers.insert(X_GOOG_API_KEY, v);
     }
 }
 
@@ -46,6 +70,8 @@ enum Endpoint {
     Spend,
     /// `GET /metrics` (Prometheus)
     Metrics,
+    /// Ollama's `GET /api/tags`
+    OllamaTags,
     Call(Surface),
 }
 
@@ -60,6 +86,13 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
         "/readyz" => (Endpoint::Ready, "GET"),
         "/admin/spend" => (Endpoint::Spend, "GET"),
         "/metrics" => (Endpoint::Metrics, "GET"),
+        "/api/chat" => (Endpoint::Call(Surface::OllamaChat), "POST"),
+        "/api/tags" => (Endpoint::OllamaTags, "GET"),
+        p if p.starts_with("/v1beta/models/") => match p.rsplit_once(':').map(|(_, m)| m) {
+            Some("generateContent") => (Endpoint::Call(Surface::GenerateContent), "POST"),
+            Some("streamGenerateContent") => (Endpoint::Call(Surface::StreamGenerateContent), "POST"),
+            _ => return Err(Rejection::NotFound),
+        },
         p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),
         p if p.starts_with("/v1/sessions/") && p.ends_with("/events") => (Endpoint::SessionEvents, "GET"),
         p if p.starts_with("/v1/sessions/") && p.ends_with("/compactions") => {
@@ -126,7 +159,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let rid = request_id(&parts.headers);
     let log = Box::new(AccessLog {
         audit: None,
@@ -148,7 +181,7 @@ pub async fn handle(
         bytes: 0,
         outcome: Outcome::Complete,
     });
-    let dialect = guess_dialect(&parts.headers);
+    let dialect = guess_dialect(parts.uri.path(), &parts.headers);
     // HTTP/1.1 framing the gateway refused (`crate::framing`): this is its stand-in request.
     if let Some(why) = conn.framing.error() {
         let dialect = endpoint(&parts.method, parts.uri.path())
@@ -178,9 +211,13 @@ pub async fn handle(
         Ok(Endpoint::Models) => {
             let list = match dialect {
                 Dialect::Anthropic => state.models_anthropic.clone(),
-                Dialect::OpenAi => state.models_openai.clone(),
+                Dialect::OpenAi | Dialect::Gemini | Dialect::Ollama => state.models_openai.clone(),
             };
             return plain(StatusCode::OK, "application/json", list, rid, log);
+        }
+        Ok(Endpoint::OllamaTags) => {
+            let tags = crate::models::ollama_tags(&state.router);
+            return plain(StatusCode::OK, "application/json", tags, rid, log);
         }
         Ok(Endpoint::Model) => {
             return crate::models::model_object(&state.router, parts.uri.path(), dialect, rid, log);
@@ -219,5 +256,8 @@ pub async fn handle(
         }
         Err(rej) => return reject(rej, dialect, rid, log),
     };
+    if surface.dialect() == Dialect::Gemini {
+        gemini_query_key(&mut parts);
+    }
     crate::llm::serve(&state, &conn, parts, body, surface, log).await
 }

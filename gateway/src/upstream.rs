@@ -35,8 +35,9 @@ pub struct HttpTarget {
     pub authority: Authority,
     /// The base URL's path without a trailing slash (`/v1` for OpenAI-style bases).
     pub base_path: String,
-    /// Upstream path per surface, precomputed for requests without a query string.
-    paths: [PathAndQuery; 4],
+    /// Upstream path per surface, precomputed for requests without a query string (Gemini's
+    /// is the prefix its model and method follow).
+    paths: [PathAndQuery; SURFACES.len()],
     pub host: HeaderValue,
     /// The credential header to inject (marked sensitive so it is never logged by hyper).
     pub auth: Option<(HeaderName, HeaderValue)>,
@@ -60,15 +61,31 @@ fn surface_index(s: Surface) -> usize {
         Surface::Embeddings => 1,
         Surface::Messages => 2,
         Surface::CountTokens => 3,
+        Surface::GenerateContent => 4,
+        Surface::StreamGenerateContent => 5,
+        Surface::OllamaChat => 6,
     }
 }
 
-const SURFACES: [Surface; 4] = [
+const SURFACES: [Surface; 7] = [
     Surface::ChatCompletions,
     Surface::Embeddings,
     Surface::Messages,
     Surface::CountTokens,
+    Surface::GenerateContent,
+    Surface::StreamGenerateContent,
+    Surface::OllamaChat,
 ];
+
+/// Whether `model` can stand in a Gemini path segment as it is (`models/{model}:method`): no
+/// character that would end the segment, start a query, or need escaping.
+pub fn path_safe_model(model: &str) -> bool {
+    !model.is_empty()
+        && model.len() <= 256
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {
@@ -91,12 +108,13 @@ impl Upstream {
                     .cloned()
                     .ok_or_else(|| invalid("no host".into()))?;
                 let base_path = url.path().trim_end_matches('/').to_string();
-                let mut paths = Vec::with_capacity(4);
+                let mut paths = Vec::with_capacity(SURFACES.len());
                 for s in SURFACES {
                     let p = format!("{base_path}{}", s.upstream_suffix());
                     paths.push(PathAndQuery::try_from(p).map_err(|e| invalid(e.to_string()))?);
                 }
-                let paths: [PathAndQuery; 4] = paths.try_into().map_err(|_| invalid("paths".into()))?;
+                let paths: [PathAndQuery; SURFACES.len()] =
+                    paths.try_into().map_err(|_| invalid("paths".into()))?;
                 let host = HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(e.to_string()))?;
                 let auth = match &cfg.api_key {
                     None => None,
@@ -105,6 +123,10 @@ impl Upstream {
                             ProviderKind::Anthropic => {
                                 (HeaderName::from_static("x-api-key"), key.expose().to_string())
                             }
+                            ProviderKind::Gemini => (
+                                HeaderName::from_static("x-goog-api-key"),
+                                key.expose().to_string(),
+                            ),
                             _ => (http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
                         };
                         let mut value = HeaderValue::try_from(value)
@@ -139,23 +161,30 @@ impl Upstream {
             ProviderKind::Mock => client,
             ProviderKind::Openai => Dialect::OpenAi,
             ProviderKind::Anthropic => Dialect::Anthropic,
+            ProviderKind::Gemini => Dialect::Gemini,
+            ProviderKind::Ollama => Dialect::Ollama,
         }
     }
 
-    /// Whether this upstream serves calls in `dialect` (the mock speaks both).
+    /// Whether this upstream serves calls in `dialect` (the mock speaks every one).
     pub fn speaks(&self, dialect: Dialect) -> bool {
-        match self.kind {
-            ProviderKind::Mock => true,
-            ProviderKind::Openai => dialect == Dialect::OpenAi,
-            ProviderKind::Anthropic => dialect == Dialect::Anthropic,
-        }
+        self.dialect_for(dialect) == dialect
     }
 }
 
 impl HttpTarget {
-    /// The upstream path and query for `surface`, keeping the client's query string.
-    pub fn path_and_query(&self, surface: Surface, query: Option<&str>) -> Result<PathAndQuery, http::Error> {
+    /// The upstream path and query for `surface`, keeping the client's query string. A Gemini
+    /// path names `model` (which the caller has checked with [`path_safe_model`]).
+    pub fn path_and_query(
+        &self,
+        surface: Surface,
+        model: &str,
+        query: Option<&str>,
+    ) -> Result<PathAndQuery, http::Error> {
         let base = &self.paths[surface_index(surface)];
+        if let Some(method) = surface.gemini_method() {
+            return Ok(PathAndQuery::try_from(format!("{}{model}{method}", base.path()))?);
+        }
         match query {
             None => Ok(base.clone()),
             Some(q) => Ok(PathAndQuery::try_from(format!("{}?{q}", base.path()))?),

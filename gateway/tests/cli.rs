@@ -1344,28 +1344,38 @@ fn under_kills(
     prefix: &str,
     call: fn(SocketAddr, &str) -> bool,
 ) -> Vec<String> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let mut done = Vec::new();
     for (round, &kill_after_ms) in kills.iter().enumerate() {
         let s = serve(config);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let completed = std::sync::Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..4)
             .map(|t| {
-                let (addr, stop, prefix) = (s.addr, stop.clone(), prefix.to_string());
+                let (addr, stop, completed, prefix) =
+                    (s.addr, stop.clone(), completed.clone(), prefix.to_string());
                 thread::spawn(move || {
                     let mut ok = Vec::new();
                     for i in 0.. {
-                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        if stop.load(Ordering::SeqCst) {
                             break;
                         }
                         let id = format!("{prefix}{round}-t{t}-{i}");
                         if call(addr, &id) {
                             ok.push(id);
+                            completed.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                     ok
                 })
             })
             .collect();
+        // Load first, whatever the machine's speed (a busy CI runner answers slower), then the
+        // kill at its fixed moment, with calls still in flight.
+        let waited = std::time::Instant::now();
+        while completed.load(Ordering::SeqCst) < 4 && waited.elapsed() < Duration::from_secs(20) {
+            thread::sleep(Duration::from_millis(5));
+        }
         thread::sleep(Duration::from_millis(kill_after_ms));
         let mut proc = s.proc;
         let _ = proc.kill_and_collect(); // SIGKILL, mid-load

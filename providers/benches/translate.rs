@@ -31,13 +31,14 @@ fn bench(c: &mut Criterion) {
     for (from, to) in pairs {
         let body = golden(&format!("requests/tool_result_turn.{}.json", from.as_str()));
         g.bench_function(name(from, to), |b| {
-            b.iter(|| translate::request(from, to, &body, "m", &rules).map(|t| t.body.len()))
+            b.iter(|| translate::request(from, to, &body, "m", false, &rules).map(|t| t.body.len()))
         });
     }
     let small = br#"{"model":"claude-via-openai","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64,"stream":true}"#;
     g.bench_function("openai->anthropic/small", |b| {
         b.iter(|| {
-            translate::request(Dialect::OpenAi, Dialect::Anthropic, small, "m", &rules).map(|t| t.body.len())
+            translate::request(Dialect::OpenAi, Dialect::Anthropic, small, "m", false, &rules)
+                .map(|t| t.body.len())
         })
     });
     g.finish();

@@ -13,13 +13,26 @@ use serde::Serialize;
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// Google's Gemini API (`generateContent`).
+    Gemini,
+    /// Ollama's native `/api/chat`.
+    Ollama,
 }
 
 impl Dialect {
+    pub const ALL: [Dialect; 4] = [
+        Dialect::OpenAi,
+        Dialect::Anthropic,
+        Dialect::Gemini,
+        Dialect::Ollama,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
+            Dialect::Gemini => "gemini",
+            Dialect::Ollama => "ollama",
         }
     }
 }
@@ -99,6 +112,17 @@ pub fn error_body(dialect: Dialect, status: StatusCode, code: &str, message: &st
                 message,
             },
         }),
+        // google.rpc status: `{"error":{"code","message","status"}}`; the code rides in the
+        // message, as Google's own errors name their reason there.
+        Dialect::Gemini => {
+            let e = crate::canonical::ApiError {
+                status: status.as_u16(),
+                kind: crate::error::kind_of_status(status.as_u16()),
+                message: format!("{message} ({code})"),
+            };
+            Ok(crate::gemini::encode_error(&e).1)
+        }
+        Dialect::Ollama => serde_json::to_vec(&serde_json::json!({ "error": message })),
     };
     // Serialising plain strings into a Vec cannot fail; keep a valid body even so.
     Bytes::from(out.unwrap_or_else(|_| br#"{"error":{"message":"internal error"}}"#.to_vec()))

@@ -49,10 +49,12 @@ pub fn code_name(kind: ErrorKind) -> &'static str {
 /// keeps the status and a fixed message (an upstream's raw body is not passed on).
 pub fn decode(dialect: Dialect, status: u16, body: &[u8]) -> ApiError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    // Both dialects put the error object under `error`.
+    // Every dialect puts its error under `error` (Ollama's is a string).
     match (dialect, v.get("error")) {
         (Dialect::OpenAi, Some(e)) if e.is_object() => crate::openai::error_of(status, e),
         (Dialect::Anthropic, Some(e)) if e.is_object() => crate::anthropic::error_of(status, e),
+        (Dialect::Gemini, Some(e)) if e.is_object() => crate::gemini::error_of(status, e),
+        (Dialect::Ollama, Some(e)) if e.is_string() => crate::ollama::error_of(status, e),
         _ => ApiError {
             status,
             kind: kind_of_status(status),
@@ -81,5 +83,7 @@ pub fn encode(dialect: Dialect, e: &ApiError) -> (u16, Vec<u8>) {
     match dialect {
         Dialect::OpenAi => crate::openai::encode_error(e),
         Dialect::Anthropic => crate::anthropic::encode_error(e),
+        Dialect::Gemini => crate::gemini::encode_error(e),
+        Dialect::Ollama => crate::ollama::encode_error(e),
     }
 }

@@ -11,7 +11,9 @@ pub mod canonical;
 pub mod codec;
 pub mod dialect;
 pub mod error;
+pub mod gemini;
 pub mod mock;
+pub mod ollama;
 pub mod openai;
 pub mod prices;
 pub mod sse;
@@ -19,6 +21,7 @@ pub mod stream;
 pub mod translate;
 pub mod usage;
 pub mod view;
+pub mod whole;
 
 pub use dialect::Dialect;
 pub use view::{CallView, Surface, ViewError};

@@ -45,6 +45,7 @@ const DEFAULT_DIMENSIONS: u64 = 8;
 const MAX_DIMENSIONS: u64 = 4096;
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
+const NDJSON: &str = "application/x-ndjson";
 
 /// How the mock behaves beyond its content.
 #[derive(Clone, Debug, Default)]
@@ -76,6 +77,9 @@ pub fn respond(view: &CallView<'_>, body: &[u8], opts: &MockOptions) -> MockRepl
             Surface::CountTokens => read_prompt(&req, Dialect::Anthropic)
                 .map(|p| json_reply(&json!({"input_tokens": p.input_tokens}))),
             Surface::Embeddings => embeddings(view, &req),
+            Surface::GenerateContent | Surface::StreamGenerateContent | Surface::OllamaChat => {
+                via_chat(view, body, opts)
+            }
         },
         _ => Err("the request body must be a JSON object".to_owned()),
     };
@@ -88,6 +92,88 @@ pub fn respond(view: &CallView<'_>, body: &[u8], opts: &MockOptions) -> MockRepl
             body: MockBody::full(body),
         }
     })
+}
+
+/// Gemini and Ollama: the chat answer, reached through the translator as an upstream of
+/// another dialect would be, so these surfaces answer by the same rules (words, `call:NAME`,
+/// `max_tokens`) in their own shapes. Nothing is refused: the mock reads what it can.
+fn via_chat(view: &CallView<'_>, body: &[u8], opts: &MockOptions) -> Result<MockReply, String> {
+    use crate::translate::{Rules, TranslateError};
+    let to = view.surface.dialect();
+    let rules = Rules {
+        unsupported: crate::canonical::Disposition::Drop,
+        fields: Vec::new(),
+    };
+    let stream = view.stream || view.surface.streams();
+    let t = crate::translate::request(to, Dialect::OpenAi, body, &view.model, stream, &rules).map_err(
+        |e| match e {
+            TranslateError::Invalid(e) => e.0,
+            TranslateError::Refused(l) => {
+                format!("cannot read {}", l.first().map_or("", |l| l.field.as_str()))
+            }
+        },
+    )?;
+    let chat_view = crate::view::parse(Surface::ChatCompletions, &t.body).map_err(|e| e.to_string())?;
+    let chat_view = CallView {
+        include_usage: true,
+        ..chat_view
+    };
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&t.body) else {
+        return Err("the request could not be read".into());
+    };
+    let prompt = read_prompt(&req, Dialect::OpenAi)?;
+    let reply = chat(&chat_view, &t.body, &prompt, opts);
+    Ok(in_dialect(reply, to))
+}
+
+/// A chat reply re-expressed in `to`: a stream event by event, a JSON answer whole.
+fn in_dialect(reply: MockReply, to: Dialect) -> MockReply {
+    let MockBody {
+        frames,
+        streaming,
+        delay,
+        ..
+    } = reply.body;
+    if streaming && reply.status.is_success() {
+        let mut t = crate::stream::Transcoder::new(Dialect::OpenAi, to, true);
+        let mut out: Vec<Bytes> = frames
+            .iter()
+            .map(|f| t.feed(f))
+            .filter(|b| !b.is_empty())
+            .collect();
+        let last = t.finish();
+        if !last.is_empty() {
+            out.push(last);
+        }
+        let content_type = if to == Dialect::Ollama {
+            NDJSON
+        } else {
+            EVENT_STREAM
+        };
+        return MockReply {
+            status: reply.status,
+            content_type,
+            body: MockBody::new(out, true, delay),
+        };
+    }
+    let whole: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+    let (status, body) = if reply.status.is_success() {
+        match crate::translate::response(Dialect::OpenAi, to, &whole) {
+            Ok(b) => (reply.status, b),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error_body(to, StatusCode::INTERNAL_SERVER_ERROR, "mock_error", &e.0).to_vec(),
+            ),
+        }
+    } else {
+        let (s, b) = crate::translate::error(Dialect::OpenAi, to, reply.status.as_u16(), &whole);
+        (StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST), b)
+    };
+    MockReply {
+        status,
+        content_type: JSON,
+        body: MockBody::full(Bytes::from(body)),
+    }
 }
 
 /// What the mock reads of a conversation.

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::Dialect;
 use crate::canonical::{ApiError, ErrorKind, Event};
-use crate::{anthropic, openai, sse};
+use crate::{anthropic, gemini, ollama, openai, sse};
 
 /// Why a stream could not be transcoded further.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,18 +43,85 @@ impl StreamError {
 enum Decode {
     OpenAi(openai::stream::Decoder),
     Anthropic(anthropic::stream::Decoder),
+    Gemini(gemini::stream::Decoder),
+    Ollama(ollama::stream::Decoder),
 }
 
 #[derive(Debug)]
 enum Encode {
     OpenAi(openai::stream::Encoder),
     Anthropic(anthropic::stream::Encoder),
+    Gemini(gemini::stream::Encoder),
+    Ollama(ollama::stream::Encoder),
+}
+
+/// How the upstream's stream is framed: server-sent events, or one JSON object per line
+/// (Ollama).
+#[derive(Debug)]
+enum Framing {
+    Sse(sse::Decoder),
+    Lines(Lines),
+}
+
+/// Newline-delimited frames.
+#[derive(Debug, Default)]
+struct Lines {
+    buf: BytesMut,
+}
+
+impl Lines {
+    fn next(&mut self) -> Option<Bytes> {
+        let at = memchr::memchr(b'\n', &self.buf)?;
+        Some(self.buf.split_to(at + 1).freeze())
+    }
+}
+
+impl Framing {
+    fn push(&mut self, data: &[u8]) {
+        match self {
+            Framing::Sse(d) => d.push(data),
+            Framing::Lines(l) => l.buf.extend_from_slice(data),
+        }
+    }
+
+    fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Framing::Sse(d) => d.next_raw(),
+            Framing::Lines(l) => l.next(),
+        }
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            Framing::Sse(d) => d.finish(),
+            Framing::Lines(l) => (!l.buf.is_empty()).then(|| l.buf.split().freeze()),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Framing::Sse(d) => d.clear(),
+            Framing::Lines(l) => l.buf.clear(),
+        }
+    }
+
+    /// A frame's payload: an SSE event's data (none for a comment), or a non-blank line.
+    fn payload<'a>(&self, raw: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
+        match self {
+            Framing::Sse(_) => sse::parse_ref(raw).data,
+            Framing::Lines(_) => {
+                let line = sse::trim_eol(raw);
+                let blank = line.iter().all(u8::is_ascii_whitespace);
+                (!blank).then(|| String::from_utf8_lossy(line))
+            }
+        }
+    }
 }
 
 /// Transcodes one stream from `from` (the upstream's dialect) to `to` (the client's).
 #[derive(Debug)]
 pub struct Transcoder {
-    sse: sse::Decoder,
+    framing: Framing,
     decode: Decode,
     encode: Encode,
     events: Vec<Event>,
@@ -69,14 +136,21 @@ impl Transcoder {
     /// streams always carry it).
     pub fn new(from: Dialect, to: Dialect, client_usage: bool) -> Transcoder {
         Transcoder {
-            sse: sse::Decoder::new(),
+            framing: match from {
+                Dialect::Ollama => Framing::Lines(Lines::default()),
+                _ => Framing::Sse(sse::Decoder::new()),
+            },
             decode: match from {
                 Dialect::OpenAi => Decode::OpenAi(openai::stream::Decoder::new()),
                 Dialect::Anthropic => Decode::Anthropic(anthropic::stream::Decoder::new()),
+                Dialect::Gemini => Decode::Gemini(gemini::stream::Decoder::new()),
+                Dialect::Ollama => Decode::Ollama(ollama::stream::Decoder::new()),
             },
             encode: match to {
                 Dialect::OpenAi => Encode::OpenAi(openai::stream::Encoder::new(client_usage)),
                 Dialect::Anthropic => Encode::Anthropic(anthropic::stream::Encoder::new()),
+                Dialect::Gemini => Encode::Gemini(gemini::stream::Encoder::new()),
+                Dialect::Ollama => Encode::Ollama(ollama::stream::Encoder::new()),
             },
             events: Vec::new(),
             ended: false,
@@ -90,12 +164,12 @@ impl Transcoder {
         if self.ended {
             return Bytes::new();
         }
-        self.sse.push(data);
+        self.framing.push(data);
         let mut out = BytesMut::new();
-        while let Some(raw) = self.sse.next_raw() {
+        while let Some(raw) = self.framing.next() {
             self.raw_event(&raw, &mut out);
             if self.ended {
-                self.sse.clear();
+                self.framing.clear();
                 break;
             }
         }
@@ -109,7 +183,7 @@ impl Transcoder {
         if self.ended {
             return out.freeze();
         }
-        if let Some(raw) = self.sse.finish() {
+        if let Some(raw) = self.framing.finish() {
             // An unterminated last event is read if it is whole (`data: [DONE]` without its
             // blank line); one cut in the middle is reported as what it is.
             let mut last = BytesMut::new();
@@ -141,13 +215,14 @@ impl Transcoder {
     }
 
     fn raw_event(&mut self, raw: &[u8], out: &mut BytesMut) {
-        let sse::EventRef { data, .. } = sse::parse_ref(raw);
-        let Some(data) = data else {
-            return; // a comment or keep-alive
+        let Some(data) = self.framing.payload(raw) else {
+            return; // a comment, keep-alive or blank line
         };
         let decoded = match &mut self.decode {
             Decode::OpenAi(d) => d.data(&data, &mut self.events),
             Decode::Anthropic(d) => d.event(&data, &mut self.events),
+            Decode::Gemini(d) => d.data(&data, &mut self.events),
+            Decode::Ollama(d) => d.line(&data, &mut self.events),
         };
         // Events decoded before a failure still go out, then the error.
         for e in self.events.drain(..) {
@@ -157,6 +232,8 @@ impl Transcoder {
             match &mut self.encode {
                 Encode::OpenAi(enc) => enc.event(&e, out),
                 Encode::Anthropic(enc) => enc.event(&e, out),
+                Encode::Gemini(enc) => enc.event(&e, out),
+                Encode::Ollama(enc) => enc.event(&e, out),
             }
         }
         if let Err(e) = decoded {
@@ -171,6 +248,8 @@ impl Transcoder {
         match &mut self.encode {
             Encode::OpenAi(enc) => enc.error(&e, out),
             Encode::Anthropic(enc) => enc.error(&e, out),
+            Encode::Gemini(enc) => enc.error(&e, out),
+            Encode::Ollama(enc) => enc.error(&e, out),
         }
     }
 }

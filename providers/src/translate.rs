@@ -6,7 +6,7 @@
 use crate::Dialect;
 use crate::canonical::{Disposition, Loss, Losses, Request};
 use crate::codec::DecodeError;
-use crate::{anthropic, openai};
+use crate::{anthropic, gemini, ollama, openai};
 
 /// What to do with what a target cannot say: `unsupported` for fields that change the call's
 /// meaning (hints the target does without are always dropped), unless `fields` names the field.
@@ -54,10 +54,18 @@ pub enum TranslateError {
     Refused(Vec<Loss>),
 }
 
-pub fn decode_request(from: Dialect, body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> {
+/// `stream`: the call streams, for a dialect that says so in the URL (Gemini).
+pub fn decode_request(
+    from: Dialect,
+    body: &[u8],
+    stream: bool,
+    losses: &mut Losses,
+) -> Result<Request, DecodeError> {
     match from {
         Dialect::OpenAi => openai::request::decode(body, losses),
         Dialect::Anthropic => anthropic::request::decode(body, losses),
+        Dialect::Gemini => gemini::request::decode(body, stream, losses),
+        Dialect::Ollama => ollama::request::decode(body, losses),
     }
 }
 
@@ -65,19 +73,24 @@ pub fn encode_request(to: Dialect, r: &Request, losses: &mut Losses) -> Result<V
     match to {
         Dialect::OpenAi => openai::request::encode(r, losses),
         Dialect::Anthropic => anthropic::request::encode(r, losses),
+        Dialect::Gemini => gemini::request::encode(r, losses),
+        Dialect::Ollama => ollama::request::encode(r, losses),
     }
 }
 
 /// Translates a request body from the client's dialect to the upstream's, sent as `model`.
+/// `stream`: the client's URL says the call streams (Gemini's `:streamGenerateContent`; the
+/// other dialects say it in the body). A Gemini target's model and stream flag go in its URL.
 pub fn request(
     from: Dialect,
     to: Dialect,
     body: &[u8],
     model: &str,
+    stream: bool,
     rules: &Rules,
 ) -> Result<Translated, TranslateError> {
     let mut losses = Losses::default();
-    let mut r = decode_request(from, body, &mut losses).map_err(TranslateError::Invalid)?;
+    let mut r = decode_request(from, body, stream, &mut losses).map_err(TranslateError::Invalid)?;
     model.clone_into(&mut r.model);
     let body = encode_request(to, &r, &mut losses).map_err(TranslateError::Invalid)?;
     let (refused, dropped): (Vec<Loss>, Vec<Loss>) = losses
@@ -100,10 +113,14 @@ pub fn response(from: Dialect, to: Dialect, body: &[u8]) -> Result<Vec<u8>, Deco
     let r = match from {
         Dialect::OpenAi => openai::response::decode(body)?,
         Dialect::Anthropic => anthropic::response::decode(body)?,
+        Dialect::Gemini => gemini::response::decode(body)?,
+        Dialect::Ollama => ollama::response::decode(body)?,
     };
     Ok(match to {
         Dialect::OpenAi => openai::response::encode(&r),
         Dialect::Anthropic => anthropic::response::encode(&r),
+        Dialect::Gemini => gemini::response::encode(&r),
+        Dialect::Ollama => ollama::response::encode(&r),
     })
 }
 

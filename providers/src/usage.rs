@@ -121,6 +121,62 @@ struct AnthropicStart {
     message: WithUsage<AnthropicUsage>,
 }
 
+/// Gemini's `usageMetadata`: the prompt count includes the cached tokens; the candidates
+/// count excludes the thoughts, which are output too.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GeminiUsage {
+    #[serde(default, alias = "prompt_token_count")]
+    prompt_token_count: u64,
+    #[serde(default, alias = "candidates_token_count")]
+    candidates_token_count: u64,
+    #[serde(default, alias = "cached_content_token_count")]
+    cached_content_token_count: u64,
+    #[serde(default, alias = "thoughts_token_count")]
+    thoughts_token_count: u64,
+}
+
+impl GeminiUsage {
+    fn usage(&self) -> Usage {
+        let cached = self.cached_content_token_count.min(self.prompt_token_count);
+        Usage {
+            input: self.prompt_token_count - cached,
+            output: self
+                .candidates_token_count
+                .saturating_add(self.thoughts_token_count),
+            cached_input: cached,
+            cache_write: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct GeminiBody {
+    #[serde(default, rename = "usageMetadata", alias = "usage_metadata")]
+    usage: Option<GeminiUsage>,
+}
+
+/// Ollama's counts, on its last (`done`) answer.
+#[derive(Deserialize)]
+struct OllamaDone {
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    eval_count: Option<u64>,
+}
+
+impl OllamaDone {
+    fn usage(&self) -> Option<Usage> {
+        self.done.then(|| Usage {
+            input: self.prompt_eval_count.unwrap_or(0),
+            output: self.eval_count.unwrap_or(0),
+            ..Usage::default()
+        })
+    }
+}
+
 /// The input side of a report (Anthropic reports it first, output last).
 #[derive(Debug, Clone, Copy, Default)]
 struct Input {
@@ -246,8 +302,11 @@ impl Meter {
                 if std::mem::take(&mut self.drop_blank) {
                     cut.get_or_insert_with(Vec::new).push(start..end);
                 }
-            } else if let Some(data) = sse::data_line(line)
-                && self.data(data)
+            } else if let Some(data) = match self.dialect {
+                // NDJSON: every line is a payload.
+                Dialect::Ollama => Some(line),
+                _ => sse::data_line(line),
+            } && self.data(data)
             {
                 cut.get_or_insert_with(Vec::new).push(start..end);
                 self.drop_blank = true;
@@ -302,6 +361,41 @@ impl Meter {
                 }
                 false
             }
+            Dialect::Gemini => {
+                if has_object(data, b"usageMetadata")
+                    && let Ok(GeminiBody { usage: Some(u) }) = serde_json::from_slice::<GeminiBody>(data)
+                {
+                    // Cumulative counts, on every chunk.
+                    let u = u.usage();
+                    self.input = Some(Input {
+                        input: u.input,
+                        cached_input: u.cached_input,
+                        cache_write: 0,
+                    });
+                    self.output = Some(u.output);
+                }
+                if has_text(data, b"text") || has_object(data, b"functionCall") {
+                    self.deltas += 1;
+                }
+                false
+            }
+            Dialect::Ollama => {
+                if has_object(data, b"message") && (has_text(data, b"content") || has_text(data, b"thinking"))
+                {
+                    self.deltas += 1;
+                }
+                if memmem::find(data, b"\"done\":true").is_some()
+                    && let Ok(d) = serde_json::from_slice::<OllamaDone>(data)
+                    && let Some(u) = d.usage()
+                {
+                    self.input = Some(Input {
+                        input: u.input,
+                        ..Input::default()
+                    });
+                    self.output = Some(u.output);
+                }
+                false
+            }
         }
     }
 
@@ -343,6 +437,13 @@ impl Meter {
                             cache_write: i.cache_write,
                         }
                     }),
+                Dialect::Gemini => serde_json::from_slice::<GeminiBody>(body)
+                    .ok()
+                    .and_then(|b| b.usage)
+                    .map(|u| u.usage()),
+                Dialect::Ollama => serde_json::from_slice::<OllamaDone>(body)
+                    .ok()
+                    .and_then(|d| d.usage()),
             };
             return match usage {
                 Some(u) => (u, Basis::Reported),

@@ -24,6 +24,12 @@ pub enum Surface {
     Messages,
     /// Anthropic `POST /v1/messages/count_tokens`.
     CountTokens,
+    /// Gemini `POST /v1beta/models/{model}:generateContent` (the model is in the path).
+    GenerateContent,
+    /// Gemini `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`.
+    StreamGenerateContent,
+    /// Ollama `POST /api/chat` (NDJSON streams unless `"stream": false`).
+    OllamaChat,
 }
 
 impl Surface {
@@ -32,6 +38,8 @@ impl Surface {
         match self {
             Surface::ChatCompletions | Surface::Embeddings => Dialect::OpenAi,
             Surface::Messages | Surface::CountTokens => Dialect::Anthropic,
+            Surface::GenerateContent | Surface::StreamGenerateContent => Dialect::Gemini,
+            Surface::OllamaChat => Dialect::Ollama,
         }
     }
 
@@ -42,18 +50,44 @@ impl Surface {
             Surface::Embeddings => "embeddings",
             Surface::Messages => "messages",
             Surface::CountTokens => "messages.count_tokens",
+            Surface::GenerateContent => "generate_content",
+            Surface::StreamGenerateContent => "stream_generate_content",
+            Surface::OllamaChat => "ollama.chat",
         }
     }
 
     /// The path of this surface below the dialect's base URL (OpenAI bases end in `/v1`,
-    /// Anthropic bases do not, as in the official SDKs' `*_BASE_URL`).
+    /// Anthropic, Gemini and Ollama bases do not, as in the official SDKs' base URLs). Gemini's
+    /// path goes on with the model and the method ([`Surface::gemini_method`]).
     pub fn upstream_suffix(self) -> &'static str {
         match self {
             Surface::ChatCompletions => "/chat/completions",
             Surface::Embeddings => "/embeddings",
             Surface::Messages => "/v1/messages",
             Surface::CountTokens => "/v1/messages/count_tokens",
+            Surface::GenerateContent | Surface::StreamGenerateContent => "/v1beta/models/",
+            Surface::OllamaChat => "/api/chat",
         }
+    }
+
+    /// What follows the model in a Gemini path: the method, and the query a stream needs.
+    pub fn gemini_method(self) -> Option<&'static str> {
+        match self {
+            Surface::GenerateContent => Some(":generateContent"),
+            Surface::StreamGenerateContent => Some(":streamGenerateContent?alt=sse"),
+            _ => None,
+        }
+    }
+
+    /// A conversation turn (chat, messages, generateContent, Ollama chat): what translation
+    /// carries between dialects.
+    pub fn is_chat(self) -> bool {
+        !matches!(self, Surface::Embeddings | Surface::CountTokens)
+    }
+
+    /// Whether the surface streams whatever the body says (Gemini says so in the URL).
+    pub fn streams(self) -> bool {
+        self == Surface::StreamGenerateContent
     }
 }
 
@@ -130,6 +164,26 @@ struct Raw<'a> {
     /// OpenAI's legacy `functions` (still honoured): offered tools too.
     #[serde(default, borrow)]
     functions: Option<Vec<RawFunction<'a>>>,
+    /// Gemini's limits.
+    #[serde(default, rename = "generationConfig", alias = "generation_config")]
+    generation_config: Option<GenerationConfig>,
+    /// Ollama's limits (`num_predict`: -1 is no limit).
+    #[serde(default)]
+    options: Option<OllamaOptions>,
+}
+
+#[derive(Deserialize)]
+struct GenerationConfig {
+    #[serde(default, rename = "maxOutputTokens", alias = "max_output_tokens")]
+    max_output_tokens: Option<u64>,
+    #[serde(default, rename = "candidateCount", alias = "candidate_count")]
+    candidate_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OllamaOptions {
+    #[serde(default)]
+    num_predict: Option<i64>,
 }
 
 /// One entry of `tools`, in either dialect; everything but the names is skipped unparsed.
@@ -141,6 +195,14 @@ struct RawTool<'a> {
     kind: Option<Name<'a>>,
     #[serde(default, borrow)]
     function: Option<RawFunction<'a>>,
+    /// Gemini: one entry declares many functions.
+    #[serde(
+        default,
+        borrow,
+        rename = "functionDeclarations",
+        alias = "function_declarations"
+    )]
+    function_declarations: Option<Vec<RawFunction<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +220,72 @@ struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 struct StreamOptions {
     #[serde(default)]
     include_usage: Option<bool>,
+}
+
+/// The model a Gemini path names: `/v1beta/models/{model}:{method}`.
+pub fn gemini_path_model(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1beta/models/")?;
+    let (model, _method) = rest.rsplit_once(':')?;
+    Some(model)
+}
+
+/// Parses the view of a call to `surface` from its path and raw body: a Gemini call's model is
+/// its path's (the body has none); every other surface's is the body's.
+pub fn parse_at<'a>(surface: Surface, path: &str, body: &'a [u8]) -> Result<CallView<'a>, ViewError> {
+    if surface.dialect() != Dialect::Gemini {
+        return parse(surface, body);
+    }
+    let model = gemini_path_model(path)
+        .filter(|m| !m.is_empty())
+        .ok_or(ViewError::BadModel)?;
+    let raw: Raw<'_> = serde_json::from_slice(body).map_err(|e| ViewError::Malformed(e.to_string()))?;
+    let g = raw.generation_config.as_ref();
+    Ok(CallView {
+        surface,
+        model: Cow::Owned(model.to_string()),
+        // Nothing in the body to splice: the model is in the URL.
+        model_span: 0..0,
+        stream: surface.streams(),
+        include_usage: false,
+        max_tokens: limit(
+            g.and_then(|g| g.max_output_tokens),
+            "generationConfig.maxOutputTokens",
+        )?,
+        choices: match g.and_then(|g| g.candidate_count) {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES).contains(&n) => n,
+            Some(_) => {
+                return Err(ViewError::OutOfRange(
+                    "candidateCount",
+                    "an integer from 1 to 128",
+                ));
+            }
+        },
+        tools: tool_names(raw.tools, None),
+    })
+}
+
+/// The names of offered tools, in request order.
+fn tool_names<'a>(
+    tools: Option<Vec<RawTool<'a>>>,
+    functions: Option<Vec<RawFunction<'a>>>,
+) -> Vec<Cow<'a, str>> {
+    let mut out = Vec::new();
+    for t in tools.unwrap_or_default() {
+        if let Some(decls) = t.function_declarations {
+            out.extend(decls.into_iter().filter_map(|f| f.name).map(|n| n.0));
+        } else if let Some(n) = t.function.and_then(|f| f.name).or(t.name).or(t.kind) {
+            out.push(n.0);
+        }
+    }
+    out.extend(
+        functions
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|f| f.name)
+            .map(|n| n.0),
+    );
+    out
 }
 
 /// Parses the view of a call to `surface` from its raw body.
@@ -179,10 +307,17 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
         surface,
         model,
         model_span: start..start + text.len(),
-        stream: raw.stream.unwrap_or(false),
+        // Ollama streams unless told not to; Gemini says so in the URL.
+        stream: raw.stream.unwrap_or(surface == Surface::OllamaChat) || surface.streams(),
         include_usage: raw.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         max_tokens: limit(raw.max_tokens, "max_tokens")?
-            .max(limit(raw.max_completion_tokens, "max_completion_tokens")?),
+            .max(limit(raw.max_completion_tokens, "max_completion_tokens")?)
+            .max(limit(
+                raw.options
+                    .and_then(|o| o.num_predict)
+                    .and_then(|n| u64::try_from(n).ok()),
+                "options.num_predict",
+            )?),
         choices: match (surface, raw.n) {
             (Surface::ChatCompletions, Some(n)) if (1..=MAX_CHOICES).contains(&n) => n,
             (Surface::ChatCompletions, Some(_)) => {
@@ -190,19 +325,7 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
             }
             _ => 1,
         },
-        tools: raw
-            .tools
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|t| t.function.and_then(|f| f.name).or(t.name).or(t.kind))
-            .chain(
-                raw.functions
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|f| f.name),
-            )
-            .map(|n| n.0)
-            .collect(),
+        tools: tool_names(raw.tools, raw.functions),
     })
 }
 

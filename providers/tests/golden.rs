@@ -22,23 +22,41 @@ fn dialect(name: &str) -> Option<Dialect> {
     match name {
         "openai" => Some(Dialect::OpenAi),
         "anthropic" => Some(Dialect::Anthropic),
+        "gemini" => Some(Dialect::Gemini),
+        "ollama" => Some(Dialect::Ollama),
         _ => None,
     }
 }
 
-fn other(d: Dialect) -> Dialect {
+/// Every dialect but `d`: each input is translated to each of them.
+fn others(d: Dialect) -> impl Iterator<Item = Dialect> {
+    Dialect::ALL.into_iter().filter(move |o| *o != d)
+}
+
+/// The model a translation to `to` calls.
+fn model_of(to: Dialect) -> &'static str {
+    match to {
+        Dialect::OpenAi => "gpt-4o",
+        Dialect::Anthropic => "claude-sonnet-4-20250514",
+        Dialect::Gemini => "gemini-2.5-flash",
+        Dialect::Ollama => "llama3.2",
+    }
+}
+
+/// A stream's file extension in `d`: server-sent events, or NDJSON for Ollama.
+fn stream_ext(d: Dialect) -> &'static str {
     match d {
-        Dialect::OpenAi => Dialect::Anthropic,
-        Dialect::Anthropic => Dialect::OpenAi,
+        Dialect::Ollama => "ndjson",
+        _ => "sse",
     }
 }
 
 /// The inputs of a directory: (case, dialect, path), expected files excluded.
-fn inputs(sub: &str, ext: &str) -> Vec<(String, Dialect, PathBuf)> {
+fn inputs(sub: &str, exts: &[&str]) -> Vec<(String, Dialect, PathBuf)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir(sub)).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(&format!(".{ext}")) else {
+        let Some(stem) = exts.iter().find_map(|ext| name.strip_suffix(&format!(".{ext}"))) else {
             continue;
         };
         let Some((case, d)) = stem.rsplit_once('.') else {
@@ -78,65 +96,70 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap() + "\n"
 }
 
-/// `created` is the translation's clock; everything else must be exact.
+/// `created` (OpenAI) and `created_at` (Ollama) are the translation's clock; everything else
+/// must be exact.
 fn without_clock(mut v: Value) -> Value {
-    if let Some(o) = v.as_object_mut()
-        && o.contains_key("created")
-    {
-        o.insert("created".into(), json!(0));
+    if let Some(o) = v.as_object_mut() {
+        if o.contains_key("created") {
+            o.insert("created".into(), json!(0));
+        }
+        if o.contains_key("created_at") {
+            o.insert("created_at".into(), json!("1970-01-01T00:00:00Z"));
+        }
     }
     v
 }
 
 #[test]
 fn requests_translate_as_the_golden_files_say() {
-    for (case, from, path) in inputs("requests", "json") {
+    for (case, from, path) in inputs("requests", &["json"]) {
         let body = std::fs::read(&path).unwrap();
-        let to = other(from);
-        let model = match to {
-            Dialect::OpenAi => "gpt-4o",
-            Dialect::Anthropic => "claude-sonnet-4-20250514",
-        };
-        let got = match translate::request(from, to, &body, model, &Rules::default()) {
-            Ok(t) => {
-                let body: Value = serde_json::from_slice(&t.body).unwrap();
-                json!({"body": body, "dropped": t.dropped})
-            }
-            Err(TranslateError::Refused(losses)) => {
-                json!({"refused": losses.iter().map(|l| json!({"field": l.field, "note": l.note})).collect::<Vec<_>>()})
-            }
-            Err(TranslateError::Invalid(e)) => json!({"invalid": e.0}),
-        };
-        check(&expected_path("requests", &case, from, to, "json"), &pretty(&got));
+        for to in others(from) {
+            // Gemini says in its URL whether a call streams.
+            let stream = case.starts_with("stream");
+            let got = match translate::request(from, to, &body, model_of(to), stream, &Rules::default()) {
+                Ok(t) => {
+                    let body: Value = serde_json::from_slice(&t.body).unwrap();
+                    json!({"body": body, "dropped": t.dropped})
+                }
+                Err(TranslateError::Refused(losses)) => {
+                    json!({"refused": losses.iter().map(|l| json!({"field": l.field, "note": l.note})).collect::<Vec<_>>()})
+                }
+                Err(TranslateError::Invalid(e)) => json!({"invalid": e.0}),
+            };
+            check(&expected_path("requests", &case, from, to, "json"), &pretty(&got));
+        }
     }
 }
 
 #[test]
 fn answers_translate_as_the_golden_files_say() {
-    for (case, from, path) in inputs("responses", "json") {
+    for (case, from, path) in inputs("responses", &["json"]) {
         let body = std::fs::read(&path).unwrap();
-        let to = other(from);
-        let got = match translate::response(from, to, &body) {
-            Ok(b) => without_clock(serde_json::from_slice(&b).unwrap()),
-            Err(e) => json!({"invalid": e.0}),
-        };
-        check(
-            &expected_path("responses", &case, from, to, "json"),
-            &pretty(&got),
-        );
+        for to in others(from) {
+            let got = match translate::response(from, to, &body) {
+                Ok(b) => without_clock(serde_json::from_slice(&b).unwrap()),
+                Err(e) => json!({"invalid": e.0}),
+            };
+            check(
+                &expected_path("responses", &case, from, to, "json"),
+                &pretty(&got),
+            );
+        }
     }
 }
 
 #[test]
 fn errors_translate_as_the_golden_files_say() {
-    for (case, from, path) in inputs("errors", "json") {
+    for (case, from, path) in inputs("errors", &["json"]) {
         let input: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let status = input["status"].as_u64().unwrap() as u16;
         let body = serde_json::to_vec(&input["body"]).unwrap();
-        let to = other(from);
-        let (status, out) = translate::error(from, to, status, &body);
-        let got = json!({"status": status, "body": serde_json::from_slice::<Value>(&out).unwrap()});
-        check(&expected_path("errors", &case, from, to, "json"), &pretty(&got));
+        for to in others(from) {
+            let (status, out) = translate::error(from, to, status, &body);
+            let got = json!({"status": status, "body": serde_json::from_slice::<Value>(&out).unwrap()});
+            check(&expected_path("errors", &case, from, to, "json"), &pretty(&got));
+        }
     }
 }
 
@@ -149,12 +172,13 @@ fn transcode(from: Dialect, to: Dialect, pieces: &[&[u8]]) -> String {
     }
     out.extend_from_slice(&t.finish());
     let text = String::from_utf8(out).unwrap();
-    // Zero the clock in every OpenAI chunk.
+    // Zero the clock in every OpenAI chunk and Ollama line.
     text.lines()
         .map(|l| match l.strip_prefix("data: ") {
             Some(d) if d.starts_with('{') => {
                 format!("data: {}", without_clock(serde_json::from_str(d).unwrap()))
             }
+            _ if l.starts_with('{') => without_clock(serde_json::from_str(l).unwrap()).to_string(),
             _ => l.to_string(),
         })
         .collect::<Vec<_>>()
@@ -164,22 +188,23 @@ fn transcode(from: Dialect, to: Dialect, pieces: &[&[u8]]) -> String {
 
 #[test]
 fn streams_transcode_as_the_golden_files_say_however_the_reads_fall() {
-    for (case, from, path) in inputs("streams", "sse") {
+    for (case, from, path) in inputs("streams", &["sse", "ndjson"]) {
         let input = std::fs::read(&path).unwrap();
-        let to = other(from);
-        let whole = transcode(from, to, &[&input]);
-        check(&expected_path("streams", &case, from, to, "sse"), &whole);
-        for cut in 1..input.len() {
-            let (a, b) = input.split_at(cut);
-            assert_eq!(
-                transcode(from, to, &[a, b]),
-                whole,
-                "{case}.{}: split at byte {cut}",
-                from.as_str()
-            );
+        for to in others(from) {
+            let whole = transcode(from, to, &[&input]);
+            check(&expected_path("streams", &case, from, to, stream_ext(to)), &whole);
+            for cut in 1..input.len() {
+                let (a, b) = input.split_at(cut);
+                assert_eq!(
+                    transcode(from, to, &[a, b]),
+                    whole,
+                    "{case}.{}: split at byte {cut}",
+                    from.as_str()
+                );
+            }
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(transcode(from, to, &bytes), whole, "{case}: one byte per read");
         }
-        let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(transcode(from, to, &bytes), whole, "{case}: one byte per read");
     }
 }
 
@@ -236,61 +261,75 @@ fn an_upstream_error_event_keeps_its_kind() {
     assert_eq!(v["error"]["message"], "Overloaded");
 }
 
-/// `docs/translation.md`'s matrix names golden cases; each must exist in its cell's direction,
-/// every `exact` or `approximated` cell must name one (unless it says why not in words only
-/// for a dialect without the feature), and every golden case must be named by a cell.
+/// `docs/translation.md`'s matrices (one table per client dialect, a column per upstream,
+/// headed `client → upstream`) name golden cases; each must exist in its cell's direction, a
+/// `refused` cell must name refusals and no other cell may, and every golden case must be named
+/// by a cell.
 #[test]
 fn translation_matrix_names_only_golden_cases_that_exist() {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/translation.md"))
         .unwrap();
-    // Columns: (client, upstream).
-    let columns = [
-        (Dialect::OpenAi, Dialect::Anthropic),
-        (Dialect::Anthropic, Dialect::OpenAi),
-    ];
     let mut named = std::collections::BTreeSet::new();
-    let rows: Vec<&str> = doc
-        .lines()
-        .skip_while(|l| !l.starts_with("| feature |"))
-        .skip(2)
-        .take_while(|l| l.starts_with('|'))
-        .collect();
-    assert!(rows.len() > 20, "the matrix has rows: {}", rows.len());
-    for row in rows {
-        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
-        assert_eq!(cells.len(), 3, "{row}");
-        for (i, (client, upstream)) in columns.iter().enumerate() {
-            let cell = cells[i + 1];
-            let refs: Vec<&str> = match (cell.find('['), cell.rfind(']')) {
-                (Some(a), Some(b)) => cell[a + 1..b].split(", ").collect(),
-                _ => Vec::new(),
-            };
-            let kind = cell.split([' ', ',']).next().unwrap_or("");
-            assert!(
-                ["exact", "approximated", "dropped", "refused", "-"].contains(&kind),
-                "{row}: a cell says exact, approximated, dropped, refused or -"
-            );
-            for r in refs {
-                let (sub, case) = r.split_once('/').unwrap_or_else(|| panic!("{row}: {r}"));
-                let (from, to, ext) = match sub {
-                    "requests" => (client, upstream, "json"),
-                    "responses" | "errors" => (upstream, client, "json"),
-                    "streams" => (upstream, client, "sse"),
-                    _ => panic!("{row}: unknown golden directory {sub}"),
+    let mut tables = 0;
+    let mut lines = doc.lines().peekable();
+    while let Some(line) = lines.next() {
+        if !line.starts_with("| feature |") {
+            continue;
+        }
+        tables += 1;
+        let columns: Vec<(Dialect, Dialect)> = line
+            .trim_matches('|')
+            .split(" | ")
+            .skip(1)
+            .map(|h| {
+                let (c, u) = h
+                    .trim()
+                    .split_once(" → ")
+                    .unwrap_or_else(|| panic!("{line}: a column is `client → upstream`"));
+                (dialect(c).unwrap(), dialect(u).unwrap())
+            })
+            .collect();
+        lines.next(); // the separator
+        let mut rows = 0;
+        while let Some(row) = lines.next_if(|l| l.starts_with('|')) {
+            rows += 1;
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), columns.len() + 1, "{row}");
+            for (i, (client, upstream)) in columns.iter().enumerate() {
+                let cell = cells[i + 1];
+                let refs: Vec<&str> = match (cell.find('['), cell.rfind(']')) {
+                    (Some(a), Some(b)) => cell[a + 1..b].split(", ").collect(),
+                    _ => Vec::new(),
                 };
-                let path = expected_path(sub, case, *from, *to, ext);
-                let text = std::fs::read_to_string(&path)
-                    .unwrap_or_else(|_| panic!("{row}: names {}, which does not exist", path.display()));
-                assert_eq!(
-                    kind == "refused",
-                    text.contains("\"refused\""),
-                    "{row}: {} disagrees",
-                    path.display()
+                let kind = cell.split([' ', ',']).next().unwrap_or("");
+                assert!(
+                    ["exact", "approximated", "dropped", "refused", "-"].contains(&kind),
+                    "{row}: a cell says exact, approximated, dropped, refused or -"
                 );
-                named.insert(path);
+                for r in refs {
+                    let (sub, case) = r.split_once('/').unwrap_or_else(|| panic!("{row}: {r}"));
+                    let (from, to, ext) = match sub {
+                        "requests" => (client, upstream, "json"),
+                        "responses" | "errors" => (upstream, client, "json"),
+                        "streams" => (upstream, client, stream_ext(*client)),
+                        _ => panic!("{row}: unknown golden directory {sub}"),
+                    };
+                    let path = expected_path(sub, case, *from, *to, ext);
+                    let text = std::fs::read_to_string(&path)
+                        .unwrap_or_else(|_| panic!("{row}: names {}, which does not exist", path.display()));
+                    assert_eq!(
+                        kind == "refused",
+                        text.contains("\"refused\""),
+                        "{row}: {} disagrees",
+                        path.display()
+                    );
+                    named.insert(path);
+                }
             }
         }
+        assert!(rows > 10, "a matrix has rows: {rows}");
     }
+    assert_eq!(tables, 4, "one matrix per client dialect");
     for sub in ["requests", "responses", "streams", "errors"] {
         for e in std::fs::read_dir(dir(sub)).unwrap().flatten() {
             let p = e.path();

@@ -1060,7 +1060,8 @@ impl Spend {
         content_type: &[u8],
     ) {
         if status.is_success() {
-            let stream = content_type.starts_with(b"text/event-stream");
+            let stream = content_type.starts_with(b"text/event-stream")
+                || content_type.starts_with(b"application/x-ndjson");
             self.meter = Some(usage::Meter::new(dialect, stream, self.strip_usage));
         }
     }

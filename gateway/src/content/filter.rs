@@ -98,7 +98,7 @@ impl Channel {
 }
 
 pub struct Filter {
-    dialect: Dialect,
+    dialect: Wire,
     rules: Rules,
     tally: Tally,
     live: Option<Liveness>,
@@ -130,9 +130,23 @@ fn is_tool_block(ty: Option<&str>) -> bool {
     matches!(ty, Some("tool_use" | "server_tool_use" | "mcp_tool_use"))
 }
 
+/// The dialects whose answers the filter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
 impl Filter {
-    pub fn new(dialect: Dialect, rules: Rules) -> Filter {
-        Filter {
+    /// A filter for answers in `dialect`; `None` for a dialect it cannot read, which the
+    /// caller must refuse rather than pass unfiltered.
+    pub fn new(dialect: Dialect, rules: Rules) -> Option<Filter> {
+        let dialect = match dialect {
+            Dialect::OpenAi => Wire::OpenAi,
+            Dialect::Anthropic => Wire::Anthropic,
+            Dialect::Gemini | Dialect::Ollama => return None,
+        };
+        Some(Filter {
             dialect,
             rules,
             tally: Tally::default(),
@@ -147,7 +161,7 @@ impl Filter {
             an_kept_tool: false,
             stopped: false,
             hits: Vec::new(),
-        }
+        })
     }
 
     /// What was found and done so far.
@@ -269,7 +283,7 @@ impl Filter {
         let mut changed = false;
         let mut removed = Vec::new();
         match self.dialect {
-            Dialect::OpenAi => {
+            Wire::OpenAi => {
                 for choice in v
                     .get_mut("choices")
                     .and_then(Value::as_array_mut)
@@ -327,7 +341,7 @@ impl Filter {
                     }
                 }
             }
-            Dialect::Anthropic => {
+            Wire::Anthropic => {
                 let mut kept_tool = false;
                 if let Some(Value::Array(blocks)) = v.get_mut("content") {
                     blocks.retain(|b| {
@@ -414,7 +428,7 @@ impl Filter {
             && (data.contains("tool")
                 || data.contains("function_call")
                 || data.contains("\\u")
-                || (self.dialect == Dialect::Anthropic && !self.an_removed.is_empty()));
+                || (self.dialect == Wire::Anthropic && !self.an_removed.is_empty()));
         if self.rules.pii.is_none() && !tools_here {
             out.extend_from_slice(raw);
             return;
@@ -516,7 +530,7 @@ impl Filter {
     /// The channel prefixes an event ends (sent before the event itself).
     fn ends(&self, v: &Value) -> Vec<String> {
         match self.dialect {
-            Dialect::OpenAi => match v.get("choices").and_then(Value::as_array) {
+            Wire::OpenAi => match v.get("choices").and_then(Value::as_array) {
                 None => vec![String::new()],
                 Some(c) if c.is_empty() => vec![String::new()],
                 Some(choices) => choices
@@ -526,7 +540,7 @@ impl Filter {
                     .map(|(i, c)| format!("{}/", as_u64(c.get("index")).unwrap_or(i as u64)))
                     .collect(),
             },
-            Dialect::Anthropic => match v.get("type").and_then(Value::as_str) {
+            Wire::Anthropic => match v.get("type").and_then(Value::as_str) {
                 Some("content_block_stop") => as_u64(v.get("index"))
                     .map(|i| vec![format!("{i}/")])
                     .unwrap_or_default(),
@@ -577,7 +591,7 @@ impl Filter {
     fn stop(&mut self, out: &mut BytesMut, s: &Stopped) {
         self.stopped = true;
         let body = match self.dialect {
-            Dialect::OpenAi => {
+            Wire::OpenAi => {
                 let kind = if s.status == http::StatusCode::FORBIDDEN {
                     "permission_error"
                 } else {
@@ -585,7 +599,7 @@ impl Filter {
                 };
                 serde_json::json!({"error": {"message": s.message, "type": kind, "code": s.code}})
             }
-            Dialect::Anthropic => {
+            Wire::Anthropic => {
                 let kind = if s.status == http::StatusCode::FORBIDDEN {
                     "permission_error"
                 } else {
@@ -594,7 +608,7 @@ impl Filter {
                 serde_json::json!({"type": "error", "error": {"type": kind, "message": s.message}})
             }
         };
-        let name = (self.dialect == Dialect::Anthropic).then_some("error");
+        let name = (self.dialect == Wire::Anthropic).then_some("error");
         sse::write(out, name, &body.to_string());
     }
 
@@ -605,7 +619,7 @@ impl Filter {
             return ToolStep::Keep;
         };
         match self.dialect {
-            Dialect::OpenAi => {
+            Wire::OpenAi => {
                 let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
                     return ToolStep::Keep;
                 };
@@ -674,7 +688,7 @@ impl Filter {
                 }
                 ToolStep::Keep
             }
-            Dialect::Anthropic => {
+            Wire::Anthropic => {
                 let ty = v.get("type").and_then(Value::as_str).unwrap_or("").to_string();
                 if ty == "content_block_start"
                     && let Some(i) = as_u64(v.get("index"))
@@ -930,6 +944,7 @@ mod tests {
                 tools: None,
             },
         )
+        .unwrap()
     }
 
     /// The text as a whole answer would be rewritten.
@@ -1018,7 +1033,7 @@ mod tests {
             .iter()
             .filter_map(|(_, v)| match dialect {
                 Dialect::OpenAi => v.pointer("/choices/0/delta/content").and_then(Value::as_str),
-                Dialect::Anthropic => v.pointer("/delta/text").and_then(Value::as_str),
+                _ => v.pointer("/delta/text").and_then(Value::as_str),
             })
             .collect()
     }
@@ -1034,7 +1049,7 @@ mod tests {
                     let (a, b) = text.split_at(cut);
                     let input = match dialect {
                         Dialect::OpenAi => openai_stream(&[a, b]),
-                        Dialect::Anthropic => anthropic_stream(&[a, b]),
+                        _ => anthropic_stream(&[a, b]),
                     };
                     let events = run(&mut pii_filter(dialect), &[&input]);
                     let got = text_of(dialect, &events);
@@ -1053,7 +1068,7 @@ mod tests {
             let deltas: Vec<&str> = chars.iter().map(String::as_str).collect();
             let input = match dialect {
                 Dialect::OpenAi => openai_stream(&deltas),
-                Dialect::Anthropic => anthropic_stream(&deltas),
+                _ => anthropic_stream(&deltas),
             };
             let events = run(&mut pii_filter(dialect), &[&input]);
             assert_eq!(text_of(dialect, &events), want, "{dialect:?}");
@@ -1061,7 +1076,7 @@ mod tests {
             let (a, b) = text.split_at(24);
             let input = match dialect {
                 Dialect::OpenAi => openai_stream(&[a, b]),
-                Dialect::Anthropic => anthropic_stream(&[a, b]),
+                _ => anthropic_stream(&[a, b]),
             };
             for cut in 1..input.len() {
                 let events = run(&mut pii_filter(dialect), &[&input[..cut], &input[cut..]]);
@@ -1158,14 +1173,15 @@ mod tests {
                     )),
                     tools: None,
                 },
-            );
+            )
+            .unwrap();
             let deltas = [
                 "the key is sk-proj-abcdefghijkl",
                 "mnopqrstuvwxyz0123456789ABCD ok",
             ];
             let input = match dialect {
                 Dialect::OpenAi => openai_stream(&deltas),
-                Dialect::Anthropic => anthropic_stream(&deltas),
+                _ => anthropic_stream(&deltas),
             };
             let events = run(&mut f, &[&input]);
             let all: String = events.iter().map(|(_, v)| v.to_string()).collect();
@@ -1173,7 +1189,7 @@ mod tests {
             let last = &events.last().unwrap().1;
             match dialect {
                 Dialect::OpenAi => assert_eq!(last["error"]["code"], "pii_blocked"),
-                Dialect::Anthropic => assert_eq!(last["type"], "error"),
+                _ => assert_eq!(last["type"], "error"),
             }
             assert!(f.stopped());
             assert_eq!(f.report().stopped, Some("pii_blocked"));
@@ -1191,6 +1207,7 @@ mod tests {
                 )),
             },
         )
+        .unwrap()
     }
 
     fn openai_tool_stream() -> Vec<u8> {
@@ -1334,7 +1351,8 @@ mod tests {
                     Calls::Remove,
                 )),
             },
-        );
+        )
+        .unwrap();
         let out: Value =
             serde_json::from_slice(&f.json(&serde_json::to_vec(&openai).unwrap()).unwrap().unwrap()).unwrap();
         assert_eq!(out["choices"][0]["message"]["content"], "mail [EMAIL_1]");

@@ -85,8 +85,25 @@ pub fn filter_request(body: &[u8], allowed: &AllowedTools) -> Option<Vec<u8>> {
     let mut changed = false;
     for key in ["tools", "functions"] {
         if let Some(Value::Array(list)) = m.get_mut(key) {
+            // Gemini: one entry declares many functions; each is kept or taken out.
+            for t in list.iter_mut() {
+                if let Some(Value::Array(decls)) = t.get_mut("functionDeclarations") {
+                    let before = decls.len();
+                    decls.retain(|d| {
+                        d.get("name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| allowed.allows(n))
+                    });
+                    changed |= decls.len() != before;
+                }
+            }
             let before = list.len();
-            list.retain(|t| tool_name(t).is_some_and(|n| allowed.allows(n)));
+            list.retain(
+                |t| match t.get("functionDeclarations").and_then(Value::as_array) {
+                    Some(decls) => !decls.is_empty(),
+                    None => tool_name(t).is_some_and(|n| allowed.allows(n)),
+                },
+            );
             changed |= list.len() != before;
             if list.is_empty() {
                 m.remove(key);

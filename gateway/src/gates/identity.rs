@@ -31,6 +31,8 @@ use crate::identity::jwt::{Jwks, JwtRejection, JwtVerifier, looks_like_jwt};
 use crate::identity::keys::{KeyRejection, KeyStore, now_secs};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// Gemini's SDKs (and `?key=`, which the proxy moves here).
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 /// The key store with a principal prebuilt for every key.
 struct Keys {
@@ -362,7 +364,11 @@ impl Identity {
                     };
                     let key = match bearer {
                         Some(b) if token.is_none() => b,
-                        _ => match headers.get(X_API_KEY).and_then(|v| v.to_str().ok()) {
+                        _ => match headers
+                            .get(X_API_KEY)
+                            .or_else(|| headers.get(X_GOOG_API_KEY))
+                            .and_then(|v| v.to_str().ok())
+                        {
                             Some(k) => k.trim(),
                             None => continue,
                         },

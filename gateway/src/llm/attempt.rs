@@ -90,8 +90,9 @@ pub async fn attempt(
     // A translated call goes to the upstream's own surface; the client's query string belongs
     // to the client's dialect and stays behind.
     let query = if plan.translation.is_some() { None } else { query };
+    let model = plan.send_model.as_deref().unwrap_or(&view.model);
     let pq = t
-        .path_and_query(plan.surface, query)
+        .path_and_query(plan.surface, model, query)
         .map_err(|_| AttemptError::Internal)?;
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(t.scheme.clone());

@@ -126,7 +126,7 @@ pub async fn serve(
         Ok(b) => b,
         Err(rej) => return reject(rej, dialect, rid, log),
     };
-    let view = match view::parse(surface, &bytes) {
+    let view = match view::parse_at(surface, parts.uri.path(), &bytes) {
         Ok(v) => v,
         Err(e) => return reject(Rejection::BadRequest(e), dialect, rid, log),
     };
@@ -214,7 +214,17 @@ pub async fn serve(
         spend.strip_usage = plan.ask_usage;
         log.spend = Some(spend);
     }
-    log.filter = respond::response_filter(state, &mut call, dialect);
+    log.filter = match respond::response_filter(state, &mut call, dialect) {
+        Ok(f) => f,
+        Err(()) => {
+            return reject(
+                Rejection::AnswerUnscanned(upstream.name.clone()),
+                dialect,
+                rid,
+                log,
+            );
+        }
+    };
 
     // 4. Attempt.
     let answer = attempt::attempt(&plan, &view, parts.uri.query(), parts.headers, &rid).await;
@@ -310,9 +320,18 @@ fn plan(
         return translated(state, route, surface, &body, view, send_model);
     }
     let ask_usage = metered && surface == Surface::ChatCompletions && view.stream && !view.include_usage;
+    if client == Dialect::Gemini
+        && matches!(route.upstream.target, crate::upstream::Target::Http(_))
+        && !crate::upstream::path_safe_model(send_model.as_deref().unwrap_or(&view.model))
+    {
+        return Err(Rejection::TranslationInvalid(
+            "a Gemini model name is letters, digits, '-', '_' and '.' (it goes in the URL)".into(),
+        ));
+    }
     let body = if matches!(route.upstream.target, crate::upstream::Target::Http(_)) {
         let body = match send_model.as_deref() {
-            Some(m) if m != view.model => splice_model(&body, model_span, m),
+            // Gemini's model is in its URL, not the body.
+            Some(m) if m != view.model && client != Dialect::Gemini => splice_model(&body, model_span, m),
             _ => body,
         };
         if ask_usage { with_include_usage(body) } else { body }
@@ -343,25 +362,32 @@ fn translated(
     let from = surface.dialect();
     let to = route.upstream.dialect_for(from);
     let target = match (surface, to) {
-        (Surface::ChatCompletions | Surface::Messages, Dialect::OpenAi) => Surface::ChatCompletions,
-        (Surface::ChatCompletions | Surface::Messages, Dialect::Anthropic) => Surface::Messages,
-        _ => {
+        (s, _) if !s.is_chat() => {
             return Err(Rejection::DialectMismatch {
                 model: view.model.to_string(),
                 upstream: route.upstream.name.clone(),
             });
         }
+        (_, Dialect::OpenAi) => Surface::ChatCompletions,
+        (_, Dialect::Anthropic) => Surface::Messages,
+        (_, Dialect::Gemini) if view.stream => Surface::StreamGenerateContent,
+        (_, Dialect::Gemini) => Surface::GenerateContent,
+        (_, Dialect::Ollama) => Surface::OllamaChat,
     };
     let model = send_model.as_deref().unwrap_or(&view.model);
-    let t = lattice_providers::translate::request(from, to, body, model, &state.translation).map_err(
-        |e| match e {
+    if to == Dialect::Gemini && !crate::upstream::path_safe_model(model) {
+        return Err(Rejection::TranslationInvalid(
+            "a Gemini model name is letters, digits, '-', '_' and '.' (it goes in the URL)".into(),
+        ));
+    }
+    let t = lattice_providers::translate::request(from, to, body, model, view.stream, &state.translation)
+        .map_err(|e| match e {
             lattice_providers::translate::TranslateError::Invalid(e) => Rejection::TranslationInvalid(e.0),
             lattice_providers::translate::TranslateError::Refused(refused) => Rejection::Untranslatable {
                 upstream: route.upstream.name.clone(),
                 refused,
             },
-        },
-    )?;
+        })?;
     Ok(Plan {
         route,
         send_model,

@@ -69,7 +69,8 @@ pub async fn respond(
                 .headers
                 .get(header::CONTENT_TYPE)
                 .map_or(&b""[..], |v| v.as_bytes());
-            let sse = ct.starts_with(b"text/event-stream");
+            // A stream: server-sent events, or Ollama's NDJSON.
+            let sse = ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/x-ndjson");
             // The meter reads the upstream's own dialect.
             if let Some(s) = log.spend.as_mut() {
                 s.start(plan.upstream_dialect(dialect), rp.status, ct);
@@ -147,6 +148,11 @@ async fn translated(
             t.from,
             t.stream_usage,
         )));
+        let ct = match client {
+            Dialect::Ollama => HeaderValue::from_static("application/x-ndjson"),
+            _ => HeaderValue::from_static("text/event-stream"),
+        };
+        rp.headers.insert(header::CONTENT_TYPE, ct);
         return Response::from_parts(rp, ResponseBody::upstream(body, true).with_log(log));
     }
     let read = tokio::time::timeout(
@@ -189,12 +195,13 @@ async fn translated(
 }
 
 /// The response filter for a call with response rules: PII actions on answers (`[pii] response`
-/// and the policy's), and the allowed tools (the policy's `allowed_tools`).
+/// and the policy's), and the allowed tools (the policy's `allowed_tools`). Rules on answers
+/// in a dialect the filter cannot read refuse the call (`Err`): never an unfiltered answer.
 pub fn response_filter(
     state: &State,
     call: &mut Call<'_>,
     dialect: Dialect,
-) -> Option<Box<crate::content::filter::Filter>> {
+) -> Result<Option<Box<crate::content::filter::Filter>>, ()> {
     // The config's actions are shared; a policy's rules make a merged copy for this call.
     let actions = match &call.pii_response {
         Some(o) => Arc::new(state.pii_response.with(o)),
@@ -207,10 +214,13 @@ pub fn response_filter(
         .map(|p| (p.clone(), actions));
     let tools = call.allowed_tools.take().map(|a| (a, state.tools.calls));
     if pii.is_none() && tools.is_none() {
-        return None;
+        return Ok(None);
     }
     let rules = crate::content::filter::Rules { pii, tools };
-    Some(Box::new(crate::content::filter::Filter::new(dialect, rules)))
+    match crate::content::filter::Filter::new(dialect, rules) {
+        Some(f) => Ok(Some(Box::new(f))),
+        None => Err(()),
+    }
 }
 
 /// A JSON answer read whole: the meter reads the upstream's bytes, the filter rewrites them (or
