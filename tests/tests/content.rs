@@ -888,3 +888,160 @@ async fn legacy_functions_are_governed_like_tools() {
     );
     gw.stop().await;
 }
+
+/// A Gemini-kind upstream beside the others, for the gates across translation.
+const GEMINI_UPSTREAM: &str = "\n[upstreams.gem]\nkind = \"gemini\"\nbase_url = \"http://UP\"\n\n[[routes]]\nmodel = \"gemini-*\"\nupstream = \"gem\"\n";
+
+/// An upstream that answers Gemini calls by calling `shell` and `web_search`, OpenAI calls with
+/// text.
+fn gemini_tool_script() -> Script {
+    Arc::new(|path: &str, _req: &Value| {
+        let body = if path.ends_with(":generateContent") {
+            json!({"candidates": [{"content": {"role": "model", "parts": [
+                      {"functionCall": {"name": "shell", "args": {"cmd": "rm -rf /"}}},
+                      {"functionCall": {"name": "web_search", "args": {"q": "rust"}}}]},
+                   "finishReason": "STOP", "index": 0}],
+                   "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 9, "totalTokenCount": 12}})
+        } else {
+            json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+        };
+        Scripted {
+            content_type: "application/json",
+            encoding: None,
+            pieces: vec![Bytes::from(body.to_string())],
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_tool_gate_holds_across_translation_and_fails_closed_where_it_cannot_read_the_answer() {
+    let up = MockUpstream::start(Behavior {
+        script: Some(gemini_tool_script()),
+        ..Default::default()
+    })
+    .await;
+    let extra = format!(
+        "[tools]\noffered = \"filter\"\ncalls = \"remove\"\n{}",
+        GEMINI_UPSTREAM.replace("UP", &up.addr.to_string())
+    );
+    let (_pol, cfg) = policy_config(up.addr, r#"{"allowed_tools": ["web_search"]}"#, &extra);
+    let gw = TestGateway::start(&cfg).await;
+
+    // An OpenAI client on a Gemini upstream: Gemini is offered only the allowed tool, and the
+    // model's call of the other never reaches the client.
+    let body = json!({"model": "gemini-2.5-flash", "tools": offered(false, &["shell", "web_search"]),
+                      "messages": [{"role": "user", "content": "look up rust"}]});
+    let r = chat(&gw, false, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sent: Value = serde_json::from_slice(&up.last().body).unwrap();
+    let declared: Vec<&str> = sent["tools"][0]["functionDeclarations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(declared, ["web_search"]);
+    assert_eq!(called(&r, false, false), vec!["web_search"]);
+    assert!(!r.text().contains("rm -rf"), "{}", r.text());
+
+    // A Gemini client: its offered tools are read from `functionDeclarations` and filtered ...
+    let headers = [("content-type", "application/json")];
+    let gemini_body = json!({"contents": [{"role": "user", "parts": [{"text": "look up rust"}]}],
+        "tools": [{"functionDeclarations": [{"name": "shell"}, {"name": "web_search"}]}]});
+    let before = up.requests.lock().unwrap().len();
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1beta/models/gpt-4o:generateContent",
+            &headers,
+            gemini_body.to_string(),
+        ),
+    )
+    .await;
+    // ... but this gateway does not yet filter answers in Gemini's own shape: refused before the
+    // upstream, in Gemini's dialect, rather than passed unfiltered.
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], "INTERNAL", "{}", r.text());
+    assert_eq!(
+        up.requests.lock().unwrap().len(),
+        before,
+        "nothing reached the upstream"
+    );
+    gw.stop().await;
+
+    // With `offered = "refuse"` the disallowed tool is refused in Gemini's terms.
+    let (_pol, cfg) = policy_config(
+        up.addr,
+        r#"{"allowed_tools": ["web_search"]}"#,
+        &GEMINI_UPSTREAM.replace("UP", &up.addr.to_string()),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1beta/models/gpt-4o:generateContent",
+            &headers,
+            gemini_body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], "PERMISSION_DENIED");
+    assert!(r.text().contains("shell"), "{}", r.text());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_model_lock_holds_for_gemini_clients_and_gemini_upstreams() {
+    let up = MockUpstream::start(Behavior {
+        script: Some(gemini_tool_script()),
+        ..Default::default()
+    })
+    .await;
+    let (_pol, cfg) = policy_config(
+        up.addr,
+        r#"{"model_lock": {"providers": ["openai"]}}"#,
+        &GEMINI_UPSTREAM.replace("UP", &up.addr.to_string()),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let headers = [("content-type", "application/json")];
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).to_string();
+    // Locked to OpenAI: a Gemini model is refused, whichever dialect asks for it ...
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &headers,
+            body.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["error"]["status"], "PERMISSION_DENIED");
+    let r = chat(
+        &gw,
+        false,
+        json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["code"], "model_locked", "{}", r.text());
+    // ... and an OpenAI model is reached from a Gemini client, translated.
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1beta/models/gpt-4o:generateContent",
+            &headers,
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["candidates"][0]["content"]["parts"][0]["text"], "ok");
+    gw.stop().await;
+}

@@ -9,7 +9,7 @@ import OpenAI from 'openai';
 
 import { CLIENT_ANTHROPIC_KEY, CLIENT_OPENAI_KEY, SHORT_PROMPT, mockReply, startTopology } from './helpers.mjs';
 
-const MODELS = ['demo', 'gpt-4o-mini', 'claude-3-5-haiku-latest'];
+const MODELS = ['demo', 'gpt-4o-mini', 'claude-3-5-haiku-latest', 'gemini-2.5-flash', 'llama3.2'];
 const OA_TOOLS = [
   {
     type: 'function',

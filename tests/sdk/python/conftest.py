@@ -5,6 +5,8 @@ Topology (real sockets, two real lattice processes):
   SDK client --> "gateway" lattice (under test)
                    gpt-*    -> kind openai    --> "upstream" lattice (/v1)
                    claude-* -> kind anthropic --> "upstream" lattice
+                   gemini-* -> kind gemini    --> "upstream" lattice
+                   llama*   -> kind ollama    --> "upstream" lattice
                    demo     -> kind mock (alias demo-alias)
                    deny forbidden-* (403), max_body_bytes = 1 MiB
                  "upstream" lattice: model "*" -> kind mock
@@ -82,6 +84,15 @@ kind = "anthropic"
 base_url = "http://127.0.0.1:{uport}"
 api_key = "${{LATTICE_SDK_TEST_UPSTREAM_KEY:-{secret}}}"
 
+[upstreams.gemini_up]
+kind = "gemini"
+base_url = "http://127.0.0.1:{uport}"
+api_key = "${{LATTICE_SDK_TEST_UPSTREAM_KEY:-{secret}}}"
+
+[upstreams.ollama_up]
+kind = "ollama"
+base_url = "http://127.0.0.1:{uport}"
+
 [upstreams.local]
 kind = "mock"
 
@@ -92,6 +103,14 @@ upstream = "openai_up"
 [[routes]]
 model = "claude-*"
 upstream = "anthropic_up"
+
+[[routes]]
+model = "gemini-*"
+upstream = "gemini_up"
+
+[[routes]]
+model = "llama*"
+upstream = "ollama_up"
 
 [[routes]]
 model = "demo"

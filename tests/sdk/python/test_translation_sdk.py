@@ -17,7 +17,7 @@ import pytest
 
 from sdkutil import SHORT_PROMPT, mock_reply
 
-MODELS = ["demo", "gpt-4o-mini", "claude-3-5-haiku-latest"]
+MODELS = ["demo", "gpt-4o-mini", "claude-3-5-haiku-latest", "gemini-2.5-flash", "llama3.2"]
 
 OA_TOOLS = [
     {
