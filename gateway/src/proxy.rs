@@ -91,6 +91,7 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
         p if p.starts_with("/v1beta/models/") => match p.rsplit_once(':').map(|(_, m)| m) {
             Some("generateContent") => (Endpoint::Call(Surface::GenerateContent), "POST"),
             Some("streamGenerateContent") => (Endpoint::Call(Surface::StreamGenerateContent), "POST"),
+            Some("countTokens") => (Endpoint::Call(Surface::GeminiCountTokens), "POST"),
             _ => return Err(Rejection::NotFound),
         },
         p if p.starts_with("/v1/models/") => (Endpoint::Model, "GET"),

@@ -64,10 +64,11 @@ fn surface_index(s: Surface) -> usize {
         Surface::GenerateContent => 4,
         Surface::StreamGenerateContent => 5,
         Surface::OllamaChat => 6,
+        Surface::GeminiCountTokens => 7,
     }
 }
 
-const SURFACES: [Surface; 7] = [
+const SURFACES: [Surface; 8] = [
     Surface::ChatCompletions,
     Surface::Embeddings,
     Surface::Messages,
@@ -75,6 +76,7 @@ const SURFACES: [Surface; 7] = [
     Surface::GenerateContent,
     Surface::StreamGenerateContent,
     Surface::OllamaChat,
+    Surface::GeminiCountTokens,
 ];
 
 /// Whether `model` can stand in a Gemini path segment as it is (`models/{model}:method`): no

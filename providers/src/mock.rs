@@ -80,6 +80,7 @@ pub fn respond(view: &CallView<'_>, body: &[u8], opts: &MockOptions) -> MockRepl
             Surface::GenerateContent | Surface::StreamGenerateContent | Surface::OllamaChat => {
                 via_chat(view, body, opts)
             }
+            Surface::GeminiCountTokens => gemini_count(view, &req),
         },
         _ => Err("the request body must be a JSON object".to_owned()),
     };
@@ -124,6 +125,36 @@ fn via_chat(view: &CallView<'_>, body: &[u8], opts: &MockOptions) -> Result<Mock
     let prompt = read_prompt(&req, Dialect::OpenAi)?;
     let reply = chat(&chat_view, &t.body, &prompt, opts);
     Ok(in_dialect(reply, to))
+}
+
+/// Gemini `countTokens`: the prompt's words (of `contents`, or of a whole
+/// `generateContentRequest`), as `totalTokens`.
+fn gemini_count(view: &CallView<'_>, req: &Map<String, Value>) -> Result<MockReply, String> {
+    use crate::translate::Rules;
+    let inner = req
+        .get("generateContentRequest")
+        .or_else(|| req.get("generate_content_request"))
+        .cloned()
+        .unwrap_or_else(|| Value::Object(req.clone()));
+    let rules = Rules {
+        unsupported: crate::canonical::Disposition::Drop,
+        fields: Vec::new(),
+    };
+    let body = serde_json::to_vec(&inner).map_err(|e| e.to_string())?;
+    let t = crate::translate::request(
+        Dialect::Gemini,
+        Dialect::OpenAi,
+        &body,
+        &view.model,
+        false,
+        &rules,
+    )
+    .map_err(|_| "the request could not be read".to_string())?;
+    let Ok(Value::Object(chat)) = serde_json::from_slice::<Value>(&t.body) else {
+        return Err("the request could not be read".into());
+    };
+    let prompt = read_prompt(&chat, Dialect::OpenAi)?;
+    Ok(json_reply(&json!({"totalTokens": prompt.input_tokens})))
 }
 
 /// A chat reply re-expressed in `to`: a stream event by event, a JSON answer whole.

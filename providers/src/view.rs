@@ -28,6 +28,8 @@ pub enum Surface {
     GenerateContent,
     /// Gemini `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`.
     StreamGenerateContent,
+    /// Gemini `POST /v1beta/models/{model}:countTokens`.
+    GeminiCountTokens,
     /// Ollama `POST /api/chat` (NDJSON streams unless `"stream": false`).
     OllamaChat,
 }
@@ -38,7 +40,9 @@ impl Surface {
         match self {
             Surface::ChatCompletions | Surface::Embeddings => Dialect::OpenAi,
             Surface::Messages | Surface::CountTokens => Dialect::Anthropic,
-            Surface::GenerateContent | Surface::StreamGenerateContent => Dialect::Gemini,
+            Surface::GenerateContent | Surface::StreamGenerateContent | Surface::GeminiCountTokens => {
+                Dialect::Gemini
+            }
             Surface::OllamaChat => Dialect::Ollama,
         }
     }
@@ -52,6 +56,7 @@ impl Surface {
             Surface::CountTokens => "messages.count_tokens",
             Surface::GenerateContent => "generate_content",
             Surface::StreamGenerateContent => "stream_generate_content",
+            Surface::GeminiCountTokens => "count_tokens",
             Surface::OllamaChat => "ollama.chat",
         }
     }
@@ -65,7 +70,9 @@ impl Surface {
             Surface::Embeddings => "/embeddings",
             Surface::Messages => "/v1/messages",
             Surface::CountTokens => "/v1/messages/count_tokens",
-            Surface::GenerateContent | Surface::StreamGenerateContent => "/v1beta/models/",
+            Surface::GenerateContent | Surface::StreamGenerateContent | Surface::GeminiCountTokens => {
+                "/v1beta/models/"
+            }
             Surface::OllamaChat => "/api/chat",
         }
     }
@@ -75,6 +82,7 @@ impl Surface {
         match self {
             Surface::GenerateContent => Some(":generateContent"),
             Surface::StreamGenerateContent => Some(":streamGenerateContent?alt=sse"),
+            Surface::GeminiCountTokens => Some(":countTokens"),
             _ => None,
         }
     }
@@ -82,7 +90,10 @@ impl Surface {
     /// A conversation turn (chat, messages, generateContent, Ollama chat): what translation
     /// carries between dialects.
     pub fn is_chat(self) -> bool {
-        !matches!(self, Surface::Embeddings | Surface::CountTokens)
+        !matches!(
+            self,
+            Surface::Embeddings | Surface::CountTokens | Surface::GeminiCountTokens
+        )
     }
 
     /// Whether the surface streams whatever the body says (Gemini says so in the URL).

@@ -319,6 +319,28 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// The payloads of the gateway's audit records of `kind` (`call.decision`, `call.end`, ...),
+    /// once there are at least `n` (records are written as the response ends, so a test that
+    /// has its answer may still have to wait a moment for them).
+    pub async fn records(&self, kind: &str, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let log = lattice_audit::DiskStorage::open(&self.dir.path().join("lattice-data/audit"))
+                .expect("the audit log opens");
+            let mut out = Vec::new();
+            lattice_audit::verify::for_each_record(&log, |r| {
+                if r.event.kind == kind {
+                    out.push(serde_json::from_slice(&r.event.payload).unwrap_or_default());
+                }
+            })
+            .expect("the audit log reads");
+            if out.len() >= n {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {n} {kind} records");
+    }
+
     /// Starts a gateway from `toml` (relative paths resolve against a fresh temp dir, which
     /// [`TestGateway::dir`] keeps alive). Use `listen = "127.0.0.1:0"`.
     pub async fn start(toml: &str) -> TestGateway {

@@ -156,21 +156,7 @@ fn events(r: &Reply) -> Vec<Value> {
 /// The `call.end` records, once there are `n` (a call's end record is written when its response
 /// body is dropped, which can be just after the client has read it).
 async fn end_records(gw: &TestGateway, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let log = lattice_audit::DiskStorage::open(&gw.dir.path().join("lattice-data/audit")).unwrap();
-        let mut out = Vec::new();
-        lattice_audit::verify::for_each_record(&log, |r| {
-            if r.event.kind == "call.end" {
-                out.push(serde_json::from_slice(&r.event.payload).unwrap());
-            }
-        })
-        .unwrap();
-        if out.len() >= n {
-            return out;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("fewer than {n} call.end records");
+    gw.records("call.end", n).await
 }
 
 #[tokio::test]

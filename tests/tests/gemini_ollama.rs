@@ -173,21 +173,7 @@ fn data_events(r: &Reply) -> Vec<Value> {
 }
 
 async fn call_end(gw: &TestGateway) -> Value {
-    for _ in 0..200 {
-        let log = lattice_audit::DiskStorage::open(&gw.dir.path().join("lattice-data/audit")).unwrap();
-        let mut out = None;
-        lattice_audit::verify::for_each_record(&log, |r| {
-            if r.event.kind == "call.end" {
-                out = Some(serde_json::from_slice(&r.event.payload).unwrap());
-            }
-        })
-        .unwrap();
-        if let Some(v) = out {
-            return v;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("no call.end record");
+    gw.records("call.end", 1).await.remove(0)
 }
 
 const TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather",
@@ -430,17 +416,7 @@ async fn a_gemini_client_reaches_an_openai_upstream_with_the_model_from_its_url(
     assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
     assert_eq!(v["usageMetadata"]["promptTokenCount"], 50);
     assert_eq!(v["usageMetadata"]["cachedContentTokenCount"], 40);
-    let decision = {
-        let log = lattice_audit::DiskStorage::open(&gw.dir.path().join("lattice-data/audit")).unwrap();
-        let mut d = None;
-        lattice_audit::verify::for_each_record(&log, |r| {
-            if r.event.kind == "call.decision" {
-                d = Some(serde_json::from_slice::<Value>(&r.event.payload).unwrap());
-            }
-        })
-        .unwrap();
-        d.unwrap()
-    };
+    let decision = gw.records("call.decision", 1).await.remove(0);
     assert_eq!(decision["dialect"], "gemini", "{decision}");
     assert_eq!(decision["upstream_dialect"], "openai", "{decision}");
     gw.stop().await;

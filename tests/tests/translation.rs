@@ -163,25 +163,6 @@ fn data_events(r: &Reply) -> Vec<String> {
         .collect()
 }
 
-/// The records of `kind`, once there are `n`.
-async fn records(gw: &TestGateway, kind: &str, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let log = lattice_audit::DiskStorage::open(&gw.dir.path().join("lattice-data/audit")).unwrap();
-        let mut out = Vec::new();
-        lattice_audit::verify::for_each_record(&log, |r| {
-            if r.event.kind == kind {
-                out.push(serde_json::from_slice(&r.event.payload).unwrap());
-            }
-        })
-        .unwrap();
-        if out.len() >= n {
-            return out;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("fewer than {n} {kind} records");
-}
-
 #[tokio::test]
 async fn an_openai_client_calls_an_anthropic_upstream_in_the_upstreams_own_wire() {
     let (up, gw) = start(BUDGETS, script()).await;
@@ -235,10 +216,10 @@ async fn an_openai_client_calls_an_anthropic_upstream_in_the_upstreams_own_wire(
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
     assert_eq!(v["usage"]["completion_tokens"], 7);
     // The records name both dialects; the budget meter read the upstream's own usage.
-    let decision = &records(&gw, "call.decision", 1).await[0];
+    let decision = &gw.records("call.decision", 1).await[0];
     assert_eq!(decision["dialect"], "openai");
     assert_eq!(decision["upstream_dialect"], "anthropic");
-    let end = &records(&gw, "call.end", 1).await[0];
+    let end = &gw.records("call.end", 1).await[0];
     assert_eq!(
         end["spend"]["usage"],
         json!({"input": 10, "output": 7, "cached_input": 100, "cache_write": 20}),
@@ -288,7 +269,7 @@ async fn an_anthropic_stream_reaches_an_openai_client_event_by_event() {
         .unwrap();
     assert_eq!(usage["prompt_tokens"], 110);
     assert_eq!(usage["completion_tokens"], 7);
-    let end = &records(&gw, "call.end", 1).await[0];
+    let end = &gw.records("call.end", 1).await[0];
     assert_eq!(end["outcome"], "complete", "{end}");
     assert_eq!(end["spend"]["usage"]["output"], 7, "{end}");
     assert_eq!(end["spend"]["usage"]["cached_input"], 100, "{end}");
@@ -398,7 +379,7 @@ async fn what_the_target_cannot_carry_is_refused_before_the_upstream_unless_conf
     let upstream_body: Value = serde_json::from_slice(&up.last().body).unwrap();
     assert!(upstream_body.get("logprobs").is_none());
     assert_eq!(upstream_body["metadata"], json!({"user_id": "u-1"}));
-    let decision = &records(&gw, "call.decision", 1).await[0];
+    let decision = &gw.records("call.decision", 1).await[0];
     assert_eq!(decision["dropped"], json!(["logprobs", "metadata"]));
     gw.stop().await;
 }
@@ -478,7 +459,7 @@ async fn a_stream_that_breaks_mid_event_ends_with_an_error_event_never_silently(
         events.iter().any(|e| e.contains("\"Check\"")),
         "what arrived whole went out first"
     );
-    let end = &records(&gw, "call.end", 1).await[0];
+    let end = &gw.records("call.end", 1).await[0];
     assert_eq!(end["outcome"], "upstream_failed", "{end}");
     gw.stop().await;
 }

@@ -20,7 +20,7 @@ impl Gate for BudgetGate {
     fn check(&self, call: &mut Call<'_>) -> Result<(), Denial> {
         let v = call.view;
         // Counting tokens costs nothing upstream.
-        if v.surface == Surface::CountTokens {
+        if matches!(v.surface, Surface::CountTokens | Surface::GeminiCountTokens) {
             return Ok(());
         }
         let (upstream, model) = call.priced_as();

@@ -76,6 +76,13 @@ describe('@google/genai against every upstream kind', () => {
     });
   }
 
+  test('countTokens (demo, and passed through to a gemini upstream)', async () => {
+    for (const model of ['demo', 'gemini-2.5-flash']) {
+      const r = await ai.models.countTokens({ model, contents: SHORT_PROMPT });
+      assert.equal(r.totalTokens, SHORT_PROMPT.split(' ').length);
+    }
+  });
+
   test('an unknown model is a Gemini NOT_FOUND', async () => {
     await assert.rejects(ai.models.generateContent({ model: 'no-such-model', contents: 'hi' }), (e) => {
       assert.equal(e.status, 404);

@@ -153,3 +153,11 @@ def test_ollama_sdk_multi_turn_tool_use_on_every_upstream(ollama_client: ollama.
 def test_ollama_sdk_lists_the_gateways_models(ollama_client: ollama.Client) -> None:
     names = [m.model for m in ollama_client.list().models]
     assert "demo" in names
+
+
+def test_gemini_sdk_counts_tokens_without_charging(gemini: genai.Client) -> None:
+    # The mock counts words; a count is a free call (no budget is charged for it).
+    r = gemini.models.count_tokens(model="demo", contents=SHORT_PROMPT)
+    assert r.total_tokens == len(SHORT_PROMPT.split())
+    r = gemini.models.count_tokens(model="gemini-2.5-flash", contents=SHORT_PROMPT)
+    assert r.total_tokens == len(SHORT_PROMPT.split()), "passed through to the gemini-kind upstream"
