@@ -163,7 +163,7 @@ pub struct AccessLog {
     /// The stream transcoder, when the call was translated to another dialect's upstream.
     pub transcode: Option<Box<lattice_providers::stream::Transcoder>>,
     /// The response filter (PII in answers, tool calls), when the call has response rules.
-    pub filter: Option<Box<crate::content::filter::Filter>>,
+    pub filter: Option<Box<crate::content::answer::AnswerFilter>>,
     pub bytes: u64,
     pub outcome: Outcome,
 }

@@ -882,12 +882,20 @@ const GEMINI_UPSTREAM: &str = "\n[upstreams.gem]\nkind = \"gemini\"\nbase_url = 
 /// text.
 fn gemini_tool_script() -> Script {
     Arc::new(|path: &str, _req: &Value| {
-        let body = if path.ends_with(":generateContent") {
-            json!({"candidates": [{"content": {"role": "model", "parts": [
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
                       {"functionCall": {"name": "shell", "args": {"cmd": "rm -rf /"}}},
                       {"functionCall": {"name": "web_search", "args": {"q": "rust"}}}]},
                    "finishReason": "STOP", "index": 0}],
-                   "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 9, "totalTokenCount": 12}})
+                   "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 9, "totalTokenCount": 12}});
+        if path.ends_with(":streamGenerateContent") {
+            return Scripted {
+                content_type: "text/event-stream",
+                encoding: None,
+                pieces: vec![Bytes::from(format!("data: {answer}\r\n\r\n"))],
+            };
+        }
+        let body = if path.ends_with(":generateContent") {
+            answer
         } else {
             json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o",
                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
@@ -932,30 +940,33 @@ async fn the_tool_gate_holds_across_translation_and_fails_closed_where_it_cannot
     assert_eq!(called(&r, false, false), vec!["web_search"]);
     assert!(!r.text().contains("rm -rf"), "{}", r.text());
 
-    // A Gemini client: its offered tools are read from `functionDeclarations` and filtered ...
+    // A Gemini client: its offered tools are read from `functionDeclarations` and filtered, and
+    // the model's call of the other is taken out of its answer, JSON and stream, read through
+    // the canonical model.
     let headers = [("content-type", "application/json")];
     let gemini_body = json!({"contents": [{"role": "user", "parts": [{"text": "look up rust"}]}],
         "tools": [{"functionDeclarations": [{"name": "shell"}, {"name": "web_search"}]}]});
-    let before = up.requests.lock().unwrap().len();
-    let r = send(
-        gw.addr,
-        request(
-            Method::POST,
-            "/v1beta/models/gpt-4o:generateContent",
-            &headers,
-            gemini_body.to_string(),
-        ),
-    )
-    .await;
-    // ... but this gateway does not yet filter answers in Gemini's own shape: refused before the
-    // upstream, in Gemini's dialect, rather than passed unfiltered.
-    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
-    assert_eq!(r.json()["error"]["status"], "INTERNAL", "{}", r.text());
-    assert_eq!(
-        up.requests.lock().unwrap().len(),
-        before,
-        "nothing reached the upstream"
-    );
+    for method in ["generateContent", "streamGenerateContent?alt=sse"] {
+        let path = format!("/v1beta/models/gemini-2.5-flash:{method}");
+        let r = send(
+            gw.addr,
+            request(Method::POST, &path, &headers, gemini_body.to_string()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.text());
+        let sent: Value = serde_json::from_slice(&up.last().body).unwrap();
+        assert_eq!(
+            sent["tools"],
+            json!([{"functionDeclarations": [{"name": "web_search"}]}]),
+            "{method}"
+        );
+        let text = r.text();
+        assert!(text.contains("\"web_search\""), "{method}: {text}");
+        assert!(
+            !text.contains("shell") && !text.contains("rm -rf"),
+            "{method}: {text}"
+        );
+    }
     gw.stop().await;
 
     // With `offered = "refuse"` the disallowed tool is refused in Gemini's terms.
@@ -1029,5 +1040,39 @@ async fn the_model_lock_holds_for_gemini_clients_and_gemini_upstreams() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["candidates"][0]["content"]["parts"][0]["text"], "ok");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pii_in_answers_is_redacted_for_gemini_and_ollama_clients_streams_included() {
+    let up = MockUpstream::start(Behavior::default()).await;
+    let cfg = format!(
+        "{}\n[pii]\nresponse = {{ default = \"redact\" }}\n",
+        config(up.addr, "", "")
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let headers = [("content-type", "application/json")];
+    // The mock echoes the prompt: the answer carries the address, which must not reach the client.
+    let prompt = "mail jane.doe@example.com today";
+    let gemini = json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}).to_string();
+    let ollama = |stream: bool| {
+        json!({"model": "demo", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
+            .to_string()
+    };
+    for (path, body) in [
+        ("/v1beta/models/demo:generateContent", gemini.clone()),
+        ("/v1beta/models/demo:streamGenerateContent?alt=sse", gemini),
+        ("/api/chat", ollama(false)),
+        ("/api/chat", ollama(true)),
+    ] {
+        let r = send(gw.addr, request(Method::POST, path, &headers, body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        let text = r.text();
+        assert!(!text.contains("jane.doe@example.com"), "{path}: {text}");
+        assert!(
+            text.contains("mail "),
+            "{path}: the rest of the answer is kept: {text}"
+        );
+    }
     gw.stop().await;
 }

@@ -8,6 +8,7 @@
 //! string value is scanned (message text of every role, tool calls and tool results, in both
 //! dialects; not ids, roles, model names or inline image data) and the findings acted on.
 
+pub mod answer;
 pub mod filter;
 pub mod pii;
 pub mod strict;

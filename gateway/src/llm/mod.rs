@@ -214,17 +214,7 @@ pub async fn serve(
         spend.strip_usage = plan.ask_usage;
         log.spend = Some(spend);
     }
-    log.filter = match respond::response_filter(state, &mut call, dialect) {
-        Ok(f) => f,
-        Err(()) => {
-            return reject(
-                Rejection::AnswerUnscanned(upstream.name.clone()),
-                dialect,
-                rid,
-                log,
-            );
-        }
-    };
+    log.filter = respond::response_filter(state, &mut call, dialect);
 
     // 4. Attempt.
     let answer = attempt::attempt(&plan, &view, parts.uri.query(), parts.headers, &rid).await;

@@ -49,7 +49,8 @@ pub async fn respond(
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
             h.insert(X_REQUEST_ID, rid);
             h.insert(X_LATTICE_SESSION, log.session.clone());
-            if log.filter.is_some() && reply.content_type != "text/event-stream" {
+            let stream = matches!(reply.content_type, "text/event-stream" | "application/x-ndjson");
+            if log.filter.is_some() && !stream {
                 // In memory already: read at once.
                 let Ok(whole) = reply.body.collect().await.map(|c| c.to_bytes());
                 return scanned_answer(parts, whole, dialect, log);
@@ -195,13 +196,13 @@ async fn translated(
 }
 
 /// The response filter for a call with response rules: PII actions on answers (`[pii] response`
-/// and the policy's), and the allowed tools (the policy's `allowed_tools`). Rules on answers
-/// in a dialect the filter cannot read refuse the call (`Err`): never an unfiltered answer.
+/// and the policy's), and the allowed tools (the policy's `allowed_tools`), on answers in the
+/// client's dialect.
 pub fn response_filter(
     state: &State,
     call: &mut Call<'_>,
     dialect: Dialect,
-) -> Result<Option<Box<crate::content::filter::Filter>>, ()> {
+) -> Option<Box<crate::content::answer::AnswerFilter>> {
     // The config's actions are shared; a policy's rules make a merged copy for this call.
     let actions = match &call.pii_response {
         Some(o) => Arc::new(state.pii_response.with(o)),
@@ -214,13 +215,12 @@ pub fn response_filter(
         .map(|p| (p.clone(), actions));
     let tools = call.allowed_tools.take().map(|a| (a, state.tools.calls));
     if pii.is_none() && tools.is_none() {
-        return Ok(None);
+        return None;
     }
     let rules = crate::content::filter::Rules { pii, tools };
-    match crate::content::filter::Filter::new(dialect, rules) {
-        Some(f) => Ok(Some(Box::new(f))),
-        None => Err(()),
-    }
+    Some(Box::new(crate::content::answer::AnswerFilter::new(
+        dialect, rules,
+    )))
 }
 
 /// A JSON answer read whole: the meter reads the upstream's bytes, the filter rewrites them (or
