@@ -25,6 +25,8 @@ pub struct Request {
     pub top_p: Option<f64>,
     pub top_k: Option<u64>,
     pub max_tokens: Option<u64>,
+    /// A sampling seed, for repeatable answers where the provider offers them.
+    pub seed: Option<i64>,
     pub stream: bool,
     /// The client asked for usage in the stream (OpenAI `stream_options.include_usage`;
     /// Anthropic streams always carry it).
@@ -193,6 +195,28 @@ impl Usage {
         self.input
             .saturating_add(self.cached_input)
             .saturating_add(self.cache_write)
+    }
+
+    /// The final usage: the start's input counts, updated by the end's where it reports them.
+    pub fn merge(start: Option<Usage>, end: Option<Usage>) -> Usage {
+        match (start, end) {
+            (Some(s), Some(e)) => Usage {
+                input: if e.input > 0 { e.input } else { s.input },
+                cached_input: if e.cached_input > 0 {
+                    e.cached_input
+                } else {
+                    s.cached_input
+                },
+                cache_write: if e.cache_write > 0 {
+                    e.cache_write
+                } else {
+                    s.cache_write
+                },
+                output: e.output,
+                reasoning: e.reasoning,
+            },
+            (s, e) => e.or(s).unwrap_or_default(),
+        }
     }
 }
 

@@ -429,6 +429,9 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
             }
         }
     }
+    if r.seed.is_some() {
+        losses.meaning("seed", "Anthropic has no sampling seed");
+    }
     if let Some(u) = &r.user {
         top.insert("metadata".into(), json!({"user_id": u}));
     }

@@ -329,7 +329,7 @@ impl Encoder {
                 stop_sequence,
                 usage,
             } => {
-                let u = crate::openai::stream::merge(self.start_usage, *usage);
+                let u = Usage::merge(self.start_usage, *usage);
                 (
                     "message_delta",
                     json!({"type": "message_delta",

@@ -208,6 +208,13 @@ fn decode_config(value: &Value, r: &mut Request, losses: &mut Losses) -> Result<
             "topP" => r.top_p = opt_f64(value, "topP")?,
             "topK" => r.top_k = opt_u64(value, "topK")?,
             "maxOutputTokens" => r.max_tokens = opt_u64(value, "maxOutputTokens")?,
+            "seed" => {
+                r.seed = Some(
+                    value
+                        .as_i64()
+                        .ok_or_else(|| bad("`generationConfig.seed` must be an integer"))?,
+                )
+            }
             "stopSequences" => {
                 r.stop = value
                     .as_array()
@@ -488,6 +495,9 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
     }
     if !r.stop.is_empty() {
         g.insert("stopSequences".into(), r.stop.clone().into());
+    }
+    if let Some(seed) = r.seed {
+        g.insert("seed".into(), seed.into());
     }
     match &r.output {
         None => {}

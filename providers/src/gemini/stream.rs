@@ -145,7 +145,7 @@ impl Encoder {
                 }
             }
             Event::Finish { finish, usage, .. } => {
-                let u = crate::openai::stream::merge(self.start_usage, *usage);
+                let u = Usage::merge(self.start_usage, *usage);
                 let reason = finish.map(finish_name).unwrap_or("STOP");
                 self.chunk(json!([]), Some(reason), Some(&u), out);
             }

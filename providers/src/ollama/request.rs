@@ -185,6 +185,12 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
                         "top_k" => r.top_k = opt_u64(v, "options.top_k")?,
                         // -1: no limit.
                         "num_predict" => r.max_tokens = v.as_u64(),
+                        "seed" => {
+                            r.seed = Some(
+                                v.as_i64()
+                                    .ok_or_else(|| bad("`options.seed` must be an integer"))?,
+                            )
+                        }
                         "stop" => {
                             r.stop = v
                                 .as_array()
@@ -370,6 +376,9 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
     }
     if !r.stop.is_empty() {
         o.insert("stop".into(), r.stop.clone().into());
+    }
+    if let Some(seed) = r.seed {
+        o.insert("seed".into(), seed.into());
     }
     if !o.is_empty() {
         top.insert("options".into(), Value::Object(o));

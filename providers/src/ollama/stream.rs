@@ -109,7 +109,7 @@ impl Encoder {
                 }
             }
             Event::Finish { finish, usage, .. } => {
-                let u = crate::openai::stream::merge(self.start_usage, *usage);
+                let u = Usage::merge(self.start_usage, *usage);
                 let mut v = json!({"model": self.model, "created_at": self.created_at,
                                    "message": {"role": "assistant", "content": ""}});
                 super::done_fields(&mut v, *finish, &u);

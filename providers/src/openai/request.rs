@@ -78,7 +78,13 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
                     losses.meaning(key.as_str(), "sampling is not penalised");
                 }
             }
-            "seed" | "logit_bias" | "modalities" | "audio" | "prediction" | "web_search_options" => {
+            "seed" => {
+                r.seed = match value {
+                    Value::Null => None,
+                    v => Some(v.as_i64().ok_or_else(|| bad("`seed` must be an integer"))?),
+                }
+            }
+            "logit_bias" | "modalities" | "audio" | "prediction" | "web_search_options" => {
                 if !value.is_null() {
                     losses.meaning(key.as_str(), "the target has no such feature");
                 }
@@ -460,6 +466,9 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
         if let Some(e) = effort {
             top.insert("reasoning_effort".into(), e.into());
         }
+    }
+    if let Some(seed) = r.seed {
+        top.insert("seed".into(), seed.into());
     }
     if let Some(u) = &r.user {
         top.insert("user".into(), u.clone().into());

@@ -348,7 +348,7 @@ impl Encoder {
                 let reason = finish.map(finish_name).unwrap_or("stop");
                 self.chunk(json!({}), Some(reason), out);
                 if self.usage {
-                    let u = merge(self.start_usage, *usage);
+                    let u = Usage::merge(self.start_usage, *usage);
                     let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                                    "model": self.model, "choices": [], "usage": usage_json(&u)});
                     crate::sse::write(out, None, &v.to_string());
@@ -383,27 +383,5 @@ impl Encoder {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"}]}\n\n");
-    }
-}
-
-/// The final usage: the start's input counts, updated by the end's where it reports them.
-pub fn merge(start: Option<Usage>, end: Option<Usage>) -> Usage {
-    match (start, end) {
-        (Some(s), Some(e)) => Usage {
-            input: if e.input > 0 { e.input } else { s.input },
-            cached_input: if e.cached_input > 0 {
-                e.cached_input
-            } else {
-                s.cached_input
-            },
-            cache_write: if e.cache_write > 0 {
-                e.cache_write
-            } else {
-                s.cache_write
-            },
-            output: e.output,
-            reasoning: e.reasoning,
-        },
-        (s, e) => e.or(s).unwrap_or_default(),
     }
 }
