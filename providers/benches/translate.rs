@@ -1,5 +1,6 @@
-//! Translation cost in process: a request, a JSON answer and a whole stream per pair (the
-//! stream's throughput is per upstream event), from the golden inputs.
+//! Translation cost in process: a request, a JSON answer and a whole stream for each of the 12
+//! ordered pairs of the four dialects (the stream's throughput is per upstream event), from the
+//! golden inputs. `cargo bench -p lattice-providers --bench translate`.
 
 use std::path::Path;
 
@@ -23,12 +24,18 @@ fn name(from: Dialect, to: Dialect) -> String {
 
 fn bench(c: &mut Criterion) {
     let rules = Rules::default();
-    let pairs = [
-        (Dialect::OpenAi, Dialect::Anthropic),
-        (Dialect::Anthropic, Dialect::OpenAi),
-    ];
+    let pairs: Vec<(Dialect, Dialect)> = Dialect::ALL
+        .into_iter()
+        .flat_map(|a| {
+            Dialect::ALL
+                .into_iter()
+                .filter(move |b| *b != a)
+                .map(move |b| (a, b))
+        })
+        .collect();
+    let stream_ext = |d: Dialect| if d == Dialect::Ollama { "ndjson" } else { "sse" };
     let mut g = c.benchmark_group("request");
-    for (from, to) in pairs {
+    for &(from, to) in &pairs {
         let body = golden(&format!("requests/tool_result_turn.{}.json", from.as_str()));
         g.bench_function(name(from, to), |b| {
             b.iter(|| translate::request(from, to, &body, "m", false, &rules).map(|t| t.body.len()))
@@ -43,7 +50,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     let mut g = c.benchmark_group("answer");
-    for (to, from) in pairs {
+    for &(from, to) in &pairs {
         let body = golden(&format!("responses/tool_calls.{}.json", from.as_str()));
         g.bench_function(name(from, to), |b| {
             b.iter(|| translate::response(from, to, &body).map(|v| v.len()))
@@ -51,9 +58,17 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
     let mut g = c.benchmark_group("stream");
-    for (to, from) in pairs {
-        let stream = golden(&format!("streams/tool_calls.{}.sse", from.as_str()));
-        let events = stream.windows(2).filter(|w| w == b"\n\n").count() as u64;
+    for &(from, to) in &pairs {
+        let stream = golden(&format!(
+            "streams/tool_calls.{}.{}",
+            from.as_str(),
+            stream_ext(from)
+        ));
+        // Events: one `data:` line per SSE event, one line per NDJSON event.
+        let events = match from {
+            Dialect::Ollama => stream.iter().filter(|b| **b == b'\n').count(),
+            _ => stream.windows(5).filter(|w| w == b"data:").count(),
+        } as u64;
         g.throughput(Throughput::Elements(events));
         g.bench_function(name(from, to), |b| {
             b.iter(|| {

@@ -343,3 +343,56 @@ fn translation_matrix_names_only_golden_cases_that_exist() {
         }
     }
 }
+
+#[test]
+fn gemini_and_ollama_streams_cut_short_end_with_an_error_in_each_clients_dialect() {
+    for (from, file) in [
+        (Dialect::Gemini, "tool_calls.gemini.sse"),
+        (Dialect::Ollama, "tool_calls.ollama.ndjson"),
+    ] {
+        let input = std::fs::read(dir("streams").join(file)).unwrap();
+        // Cut in the middle of an event, and cut between whole events before the last.
+        // Where the last event starts: its `data:` line, or its NDJSON line.
+        let last_event = match from {
+            Dialect::Ollama => {
+                input[..input.len() - 1]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .unwrap()
+                    + 1
+            }
+            _ => input.windows(5).rposition(|w| w == b"data:").unwrap(),
+        };
+        for cut in [&input[..input.len() / 2], &input[..last_event]] {
+            for to in others(from) {
+                let mut t = Transcoder::new(from, to, true);
+                let mut out = t.feed(cut).to_vec();
+                out.extend_from_slice(&t.finish());
+                let text = String::from_utf8(out).unwrap();
+                assert!(t.failure().is_some(), "{file} -> {}: {text}", to.as_str());
+                let looks_complete = match to {
+                    Dialect::OpenAi => text.contains("[DONE]"),
+                    Dialect::Anthropic => text.contains("message_stop"),
+                    Dialect::Gemini => text.contains("finishReason"),
+                    Dialect::Ollama => text.contains("\"done\":true"),
+                };
+                assert!(
+                    !looks_complete,
+                    "{file} -> {}: a cut stream looks complete: {text}",
+                    to.as_str()
+                );
+                let says_error = match to {
+                    Dialect::Anthropic => text.contains("event: error"),
+                    _ => text.contains("\"error\""),
+                };
+                assert!(says_error, "{file} -> {}: {text}", to.as_str());
+            }
+        }
+    }
+    // A line that is not JSON, mid-stream, ends it too; what came before still goes out.
+    let stream = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"done\":false}\nnot json\n";
+    let mut t = Transcoder::new(Dialect::Ollama, Dialect::OpenAi, true);
+    let out = String::from_utf8(t.feed(stream.as_bytes()).to_vec()).unwrap();
+    assert!(out.contains("\"content\":\"hi\""), "{out}");
+    assert!(out.contains("\"error\""), "{out}");
+}
