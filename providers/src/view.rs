@@ -214,6 +214,10 @@ struct RawTool<'a> {
         alias = "function_declarations"
     )]
     function_declarations: Option<Vec<RawFunction<'a>>>,
+    /// Gemini's built-in tools (`googleSearch`, `codeExecution`, `urlContext`, ...): each other
+    /// key of an entry names one, and a gate must see it.
+    #[serde(flatten, borrow)]
+    other: std::collections::BTreeMap<Cow<'a, str>, serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -283,8 +287,18 @@ fn tool_names<'a>(
 ) -> Vec<Cow<'a, str>> {
     let mut out = Vec::new();
     for t in tools.unwrap_or_default() {
-        if let Some(decls) = t.function_declarations {
-            out.extend(decls.into_iter().filter_map(|f| f.name).map(|n| n.0));
+        let gemini = t.function_declarations.is_some()
+            || (t.name.is_none() && t.kind.is_none() && t.function.is_none());
+        if gemini {
+            out.extend(
+                t.function_declarations
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.name)
+                    .map(|n| n.0),
+            );
+            // Built-in tools, by their key.
+            out.extend(t.other.into_keys());
         } else if let Some(n) = t.function.and_then(|f| f.name).or(t.name).or(t.kind) {
             out.push(n.0);
         }
@@ -321,14 +335,19 @@ pub fn parse(surface: Surface, body: &[u8]) -> Result<CallView<'_>, ViewError> {
         // Ollama streams unless told not to; Gemini says so in the URL.
         stream: raw.stream.unwrap_or(surface == Surface::OllamaChat) || surface.streams(),
         include_usage: raw.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
-        max_tokens: limit(raw.max_tokens, "max_tokens")?
-            .max(limit(raw.max_completion_tokens, "max_completion_tokens")?)
-            .max(limit(
+        // Ollama reads only `options.num_predict`: a top-level `max_tokens`, which it ignores,
+        // must not shrink the reservation.
+        max_tokens: if surface == Surface::OllamaChat {
+            limit(
                 raw.options
                     .and_then(|o| o.num_predict)
                     .and_then(|n| u64::try_from(n).ok()),
                 "options.num_predict",
-            )?),
+            )?
+        } else {
+            limit(raw.max_tokens, "max_tokens")?
+                .max(limit(raw.max_completion_tokens, "max_completion_tokens")?)
+        },
         choices: match (surface, raw.n) {
             (Surface::ChatCompletions, Some(n)) if (1..=MAX_CHOICES).contains(&n) => n,
             (Surface::ChatCompletions, Some(_)) => {
@@ -351,6 +370,21 @@ fn limit(n: Option<u64>, field: &'static str) -> Result<Option<u64>, ViewError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_built_in_tools_are_offered_tools_and_ollama_limits_are_its_own() {
+        let body = br#"{"contents":[],"tools":[{"functionDeclarations":[{"name":"f"}],"codeExecution":{}},{"googleSearch":{}}]}"#;
+        let v = parse_at(Surface::GenerateContent, "/v1beta/models/g:generateContent", body).expect("valid");
+        assert_eq!(v.tools, ["f", "codeExecution", "googleSearch"]);
+        // Ollama ignores a top-level `max_tokens`: only `options.num_predict` limits it.
+        let body = br#"{"model":"m","max_tokens":1,"messages":[]}"#;
+        assert_eq!(parse(Surface::OllamaChat, body).expect("valid").max_tokens, None);
+        let body = br#"{"model":"m","options":{"num_predict":9},"messages":[]}"#;
+        assert_eq!(
+            parse(Surface::OllamaChat, body).expect("valid").max_tokens,
+            Some(9)
+        );
+    }
 
     #[test]
     fn reads_the_fields_and_the_model_span() {

@@ -967,6 +967,21 @@ async fn the_tool_gate_holds_across_translation_and_fails_closed_where_it_cannot
             "{method}: {text}"
         );
     }
+    // A built-in tool the caller may not use is taken out of the offer too.
+    let builtin = json!({"contents": [{"role": "user", "parts": [{"text": "look up rust"}]}],
+        "tools": [{"functionDeclarations": [{"name": "web_search"}], "codeExecution": {}}]});
+    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    let r = send(
+        gw.addr,
+        request(Method::POST, path, &headers, builtin.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sent: Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert_eq!(
+        sent["tools"],
+        json!([{"functionDeclarations": [{"name": "web_search"}]}])
+    );
     gw.stop().await;
 
     // With `offered = "refuse"` the disallowed tool is refused in Gemini's terms.
@@ -989,6 +1004,21 @@ async fn the_tool_gate_holds_across_translation_and_fails_closed_where_it_cannot
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(r.json()["error"]["status"], "PERMISSION_DENIED");
     assert!(r.text().contains("shell"), "{}", r.text());
+    // Gemini's built-in tools are tools too: code execution is not `web_search`.
+    let builtin = json!({"contents": [{"role": "user", "parts": [{"text": "run it"}]}],
+        "tools": [{"functionDeclarations": [{"name": "web_search"}], "codeExecution": {}}]});
+    let r = send(
+        gw.addr,
+        request(
+            Method::POST,
+            "/v1beta/models/gpt-4o:generateContent",
+            &headers,
+            builtin.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(r.text().contains("codeExecution"), "{}", r.text());
     gw.stop().await;
 }
 

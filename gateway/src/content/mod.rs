@@ -290,9 +290,13 @@ pub(crate) struct Rewriter<'a> {
     in_data: u32,
 }
 
-/// Keys whose values are free-form data, not protocol: below them nothing is skipped.
+/// Keys whose values are free-form data, not protocol: below them nothing is skipped (Gemini's
+/// `functionCall.args` and `functionResponse.response`, Ollama's object `arguments`, too).
 fn free_form(key: &str) -> bool {
-    matches!(key, "input" | "metadata" | "parameters")
+    matches!(
+        key,
+        "input" | "metadata" | "parameters" | "args" | "response" | "arguments"
+    )
 }
 
 impl<'a> Rewriter<'a> {

@@ -78,6 +78,11 @@ fn tool_name(t: &Value) -> Option<&str> {
 /// `functions`), and a `tool_choice` / `function_call` that names one of them. With no tool
 /// left, `tool_choice` and `parallel_tool_calls` go too (OpenAI refuses them without tools).
 /// Returns the new body, or `None` when nothing had to change or the body is not an object.
+/// A Gemini `tools[]` entry: no `name`, `type` or `function` of the other dialects.
+fn is_gemini_entry(entry: &serde_json::Map<String, Value>) -> bool {
+    !entry.contains_key("name") && !entry.contains_key("type") && !entry.contains_key("function")
+}
+
 pub fn filter_request(body: &[u8], allowed: &AllowedTools) -> Option<Vec<u8>> {
     let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(body) else {
         return None;
@@ -85,25 +90,41 @@ pub fn filter_request(body: &[u8], allowed: &AllowedTools) -> Option<Vec<u8>> {
     let mut changed = false;
     for key in ["tools", "functions"] {
         if let Some(Value::Array(list)) = m.get_mut(key) {
-            // Gemini: one entry declares many functions; each is kept or taken out.
+            // Gemini: one entry declares many functions, and names built-in tools by their
+            // key (`googleSearch`, `codeExecution`, ...); each is kept or taken out.
             for t in list.iter_mut() {
-                if let Some(Value::Array(decls)) = t.get_mut("functionDeclarations") {
-                    let before = decls.len();
-                    decls.retain(|d| {
-                        d.get("name")
-                            .and_then(Value::as_str)
-                            .is_some_and(|n| allowed.allows(n))
-                    });
-                    changed |= decls.len() != before;
+                let Some(entry) = t.as_object_mut() else {
+                    continue;
+                };
+                if !is_gemini_entry(entry) {
+                    continue;
+                }
+                let before = entry.len();
+                entry.retain(|k, _| {
+                    matches!(k.as_str(), "functionDeclarations" | "function_declarations")
+                        || allowed.allows(k)
+                });
+                changed |= entry.len() != before;
+                for key in ["functionDeclarations", "function_declarations"] {
+                    if let Some(Value::Array(decls)) = entry.get_mut(key) {
+                        let before = decls.len();
+                        decls.retain(|d| {
+                            d.get("name")
+                                .and_then(Value::as_str)
+                                .is_some_and(|n| allowed.allows(n))
+                        });
+                        changed |= decls.len() != before;
+                        if decls.is_empty() {
+                            entry.remove(key);
+                        }
+                    }
                 }
             }
             let before = list.len();
-            list.retain(
-                |t| match t.get("functionDeclarations").and_then(Value::as_array) {
-                    Some(decls) => !decls.is_empty(),
-                    None => tool_name(t).is_some_and(|n| allowed.allows(n)),
-                },
-            );
+            list.retain(|t| match t.as_object() {
+                Some(entry) if is_gemini_entry(entry) => !entry.is_empty(),
+                _ => tool_name(t).is_some_and(|n| allowed.allows(n)),
+            });
             changed |= list.len() != before;
             if list.is_empty() {
                 m.remove(key);

@@ -56,6 +56,10 @@ pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
     }
     let mut calls = 0;
     let candidates = v.get("candidates").and_then(Value::as_array);
+    if candidates.is_some_and(|c| c.len() > 1) {
+        // One answer per call: a second candidate would go unread (and unchecked).
+        return Err(bad("an answer with more than one candidate (candidateCount > 1)"));
+    }
     let (parts, finish) = match candidates.and_then(|c| c.first()) {
         Some(c) => (
             parts_of(c.get("content").unwrap_or(&Value::Null), &mut calls)?,
