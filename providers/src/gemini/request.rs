@@ -511,7 +511,7 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
     }
     if let Some(reasoning) = &r.reasoning {
         let budget = match (reasoning.budget_tokens, reasoning.effort.as_deref()) {
-            (Some(b), _) => Some(b as i64),
+            (Some(b), _) => Some(i64::try_from(b).unwrap_or(i64::MAX)),
             (None, Some("minimal" | "none")) => Some(0),
             (None, Some(e)) => {
                 losses.hint(

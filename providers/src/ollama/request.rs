@@ -385,7 +385,8 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
     }
     if let Some(reasoning) = &r.reasoning {
         let think = match (reasoning.effort.as_deref(), reasoning.budget_tokens) {
-            (Some("minimal" | "none"), _) => None,
+            // Thinking models think unless told not to.
+            (Some("minimal" | "none"), _) => Some(false.into()),
             (Some(e @ ("low" | "medium" | "high")), _) => Some(Value::from(e)),
             (_, Some(_)) => {
                 losses.hint(
