@@ -29,8 +29,6 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
         stream_usage: true,
         ..Request::default()
     };
-    let mut next_call = 0usize;
-    let mut open: Vec<(String, String)> = Vec::new();
     for (key, value) in &top {
         if value.is_null() {
             continue;
@@ -38,112 +36,7 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
         match key.as_str() {
             "model" => r.model = text_of(value, "model")?,
             "stream" => r.stream = value.as_bool().ok_or_else(|| bad("`stream` must be a boolean"))?,
-            "messages" => {
-                let Value::Array(list) = value else {
-                    return Err(bad("`messages` must be an array"));
-                };
-                for (i, m) in list.iter().enumerate() {
-                    let content = m.get("content").and_then(Value::as_str).unwrap_or("");
-                    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-                    let mut parts = Vec::new();
-                    let role = match role {
-                        "system" => {
-                            r.system.push(Text {
-                                text: content.into(),
-                                cache: None,
-                            });
-                            continue;
-                        }
-                        "user" => Role::User,
-                        "assistant" => Role::Assistant,
-                        "tool" => {
-                            let name = m.get("tool_name").and_then(Value::as_str).unwrap_or("");
-                            let by_id = m.get("tool_call_id").and_then(Value::as_str);
-                            let at = match by_id {
-                                Some(id) => open.iter().position(|(o, _)| o == id),
-                                None => open.iter().position(|(_, n)| n == name),
-                            };
-                            let Some(at) = at.or(if name.is_empty() && !open.is_empty() {
-                                Some(0)
-                            } else {
-                                None
-                            }) else {
-                                return Err(bad(format!(
-                                    "messages[{i}]: a tool message that answers no earlier tool call"
-                                )));
-                            };
-                            let (id, _) = open.remove(at);
-                            parts.push(Part::ToolResult {
-                                id,
-                                content: vec![Part::Text(Text {
-                                    text: content.into(),
-                                    cache: None,
-                                })],
-                                is_error: false,
-                                cache: None,
-                            });
-                            Role::User
-                        }
-                        other => return Err(bad(format!("messages[{i}]: unknown role `{other}`"))),
-                    };
-                    if let Some(t) = m
-                        .get("thinking")
-                        .and_then(Value::as_str)
-                        .filter(|t| !t.is_empty())
-                    {
-                        parts.push(Part::Thinking {
-                            text: t.into(),
-                            signature: None,
-                        });
-                    }
-                    if !content.is_empty() && !matches!(parts.first(), Some(Part::ToolResult { .. })) {
-                        parts.push(Part::Text(Text {
-                            text: content.into(),
-                            cache: None,
-                        }));
-                    }
-                    for img in m.get("images").and_then(Value::as_array).into_iter().flatten() {
-                        let data = text_of(img, "images[]")?;
-                        parts.push(Part::Image {
-                            source: Source::Base64 {
-                                media_type: image_type(&data).into(),
-                                data,
-                            },
-                            cache: None,
-                        });
-                    }
-                    for tc in m
-                        .get("tool_calls")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        let f = tc.get("function").unwrap_or(&Value::Null);
-                        let name = text_of(
-                            f.get("name").unwrap_or(&Value::Null),
-                            "tool_calls[].function.name",
-                        )?;
-                        let id = match tc.get("id").and_then(Value::as_str) {
-                            Some(id) if !id.is_empty() => id.to_string(),
-                            _ => {
-                                next_call += 1;
-                                format!("call_{next_call}_{name}")
-                            }
-                        };
-                        open.push((id.clone(), name.clone()));
-                        let arguments = match f.get("arguments") {
-                            None | Some(Value::Null) => "{}".into(),
-                            Some(Value::String(s)) => s.clone(),
-                            Some(v) => v.to_string(),
-                        };
-                        parts.push(Part::ToolCall { id, name, arguments });
-                    }
-                    match r.messages.last_mut() {
-                        Some(last) if last.role == role => last.parts.extend(parts),
-                        _ => r.messages.push(Message { role, parts }),
-                    }
-                }
-            }
+            "messages" => decode_messages(value, &mut r)?,
             "tools" => {
                 for t in value.as_array().ok_or_else(|| bad("`tools` must be an array"))? {
                     let f = t.get("function").unwrap_or(&Value::Null);
@@ -231,6 +124,118 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
         return Err(bad("`model` is required"));
     }
     Ok(r)
+}
+
+/// `messages`: system text into the instructions; tool calls get made-up ids, and a `tool`
+/// message's `tool_name` (or `tool_call_id`) finds its call, first unanswered first.
+fn decode_messages(value: &Value, r: &mut Request) -> Result<(), DecodeError> {
+    let mut next_call = 0usize;
+    let mut open: Vec<(String, String)> = Vec::new();
+    let Value::Array(list) = value else {
+        return Err(bad("`messages` must be an array"));
+    };
+    for (i, m) in list.iter().enumerate() {
+        let content = m.get("content").and_then(Value::as_str).unwrap_or("");
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let mut parts = Vec::new();
+        let role = match role {
+            "system" => {
+                r.system.push(Text {
+                    text: content.into(),
+                    cache: None,
+                });
+                continue;
+            }
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => {
+                let name = m.get("tool_name").and_then(Value::as_str).unwrap_or("");
+                let by_id = m.get("tool_call_id").and_then(Value::as_str);
+                let at = match by_id {
+                    Some(id) => open.iter().position(|(o, _)| o == id),
+                    None => open.iter().position(|(_, n)| n == name),
+                };
+                let Some(at) = at.or(if name.is_empty() && !open.is_empty() {
+                    Some(0)
+                } else {
+                    None
+                }) else {
+                    return Err(bad(format!(
+                        "messages[{i}]: a tool message that answers no earlier tool call"
+                    )));
+                };
+                let (id, _) = open.remove(at);
+                parts.push(Part::ToolResult {
+                    id,
+                    content: vec![Part::Text(Text {
+                        text: content.into(),
+                        cache: None,
+                    })],
+                    is_error: false,
+                    cache: None,
+                });
+                Role::User
+            }
+            other => return Err(bad(format!("messages[{i}]: unknown role `{other}`"))),
+        };
+        if let Some(t) = m
+            .get("thinking")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            parts.push(Part::Thinking {
+                text: t.into(),
+                signature: None,
+            });
+        }
+        if !content.is_empty() && !matches!(parts.first(), Some(Part::ToolResult { .. })) {
+            parts.push(Part::Text(Text {
+                text: content.into(),
+                cache: None,
+            }));
+        }
+        for img in m.get("images").and_then(Value::as_array).into_iter().flatten() {
+            let data = text_of(img, "images[]")?;
+            parts.push(Part::Image {
+                source: Source::Base64 {
+                    media_type: image_type(&data).into(),
+                    data,
+                },
+                cache: None,
+            });
+        }
+        for tc in m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let f = tc.get("function").unwrap_or(&Value::Null);
+            let name = text_of(
+                f.get("name").unwrap_or(&Value::Null),
+                "tool_calls[].function.name",
+            )?;
+            let id = match tc.get("id").and_then(Value::as_str) {
+                Some(id) if !id.is_empty() => id.to_string(),
+                _ => {
+                    next_call += 1;
+                    format!("call_{next_call}_{name}")
+                }
+            };
+            open.push((id.clone(), name.clone()));
+            let arguments = match f.get("arguments") {
+                None | Some(Value::Null) => "{}".into(),
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+            };
+            parts.push(Part::ToolCall { id, name, arguments });
+        }
+        match r.messages.last_mut() {
+            Some(last) if last.role == role => last.parts.extend(parts),
+            _ => r.messages.push(Message { role, parts }),
+        }
+    }
+    Ok(())
 }
 
 pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> {
