@@ -303,8 +303,8 @@ fn translation_matrix_names_only_golden_cases_that_exist() {
                 };
                 let kind = cell.split([' ', ',']).next().unwrap_or("");
                 assert!(
-                    ["exact", "approximated", "dropped", "refused", "-"].contains(&kind),
-                    "{row}: a cell says exact, approximated, dropped, refused or -"
+                    ["exact", "approximated", "dropped", "refused", "invalid", "-"].contains(&kind),
+                    "{row}: a cell says exact, approximated, dropped, refused, invalid or -"
                 );
                 for r in refs {
                     let (sub, case) = r.split_once('/').unwrap_or_else(|| panic!("{row}: {r}"));
@@ -320,6 +320,12 @@ fn translation_matrix_names_only_golden_cases_that_exist() {
                     assert_eq!(
                         kind == "refused",
                         text.contains("\"refused\""),
+                        "{row}: {} disagrees",
+                        path.display()
+                    );
+                    assert_eq!(
+                        kind == "invalid",
+                        text.contains("\"invalid\""),
                         "{row}: {} disagrees",
                         path.display()
                     );

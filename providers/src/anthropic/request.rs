@@ -1,11 +1,12 @@
 //! Anthropic Messages requests (`POST /v1/messages`) <-> the canonical request.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::canonical::{
-    Losses, Message, OutputFormat, Part, Reasoning, Request, Role, Source, Text, Tool, ToolChoice,
+    Cache, Losses, Message, OutputFormat, Part, Reasoning, Request, Role, Source, Text, Tool, ToolChoice,
 };
-use crate::codec::{DecodeError, bad, cache_of, cache_value, opt_f64, opt_str, opt_u64, text_of};
+use crate::codec::{DecodeError, bad, cache_of, opt_f64, opt_str, opt_u64, text_of};
 
 /// `max_tokens` is required by Anthropic; a translated call that gives none gets this.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -303,19 +304,9 @@ pub fn tool_id(id: &str) -> String {
 }
 
 pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> {
-    let mut top = Map::new();
-    top.insert("model".into(), r.model.clone().into());
-    top.insert(
-        "max_tokens".into(),
-        r.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).into(),
-    );
-    if !r.system.is_empty() {
-        let blocks: Vec<Value> = r.system.iter().map(text_block).collect();
-        top.insert("system".into(), blocks.into());
-    }
-    let mut messages: Vec<Value> = Vec::new();
+    let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(r.messages.len());
     for m in &r.messages {
-        let mut content = Vec::new();
+        let mut content = Vec::with_capacity(m.parts.len());
         // Tool results lead a user turn; thinking leads an assistant turn.
         let mut ordered: Vec<&Part> = m.parts.iter().collect();
         ordered.sort_by_key(|p| match p {
@@ -335,74 +326,50 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
             Role::Assistant => "assistant",
         };
         match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(c) = last["content"].as_array_mut() {
-                    c.extend(content);
-                }
+            Some(last) if last.role == role => last.content.extend(content),
+            _ => messages.push(WireMessage { role, content }),
+        }
+    }
+    let tools: Vec<WireTool<'_>> = r
+        .tools
+        .iter()
+        .map(|t| {
+            if t.strict.is_some() {
+                losses.hint(
+                    "tools[].function.strict",
+                    "Anthropic does not take strict tool schemas",
+                );
             }
-            _ => messages.push(json!({"role": role, "content": content})),
-        }
-    }
-    top.insert("messages".into(), messages.into());
-    if !r.tools.is_empty() {
-        let tools: Vec<Value> = r
-            .tools
-            .iter()
-            .map(|t| {
-                let mut v = json!({"name": t.name, "input_schema": t.parameters});
-                if let Some(d) = &t.description {
-                    v["description"] = d.clone().into();
-                }
-                if t.strict.is_some() {
-                    losses.hint(
-                        "tools[].function.strict",
-                        "Anthropic does not take strict tool schemas",
-                    );
-                }
-                if let Some(c) = &t.cache {
-                    v["cache_control"] = cache_value(c);
-                }
-                v
-            })
-            .collect();
-        top.insert("tools".into(), tools.into());
-    }
+            WireTool {
+                name: &t.name,
+                description: t.description.as_deref(),
+                input_schema: &t.parameters,
+                cache_control: t.cache.as_ref().map(CacheControl::from),
+            }
+        })
+        .collect();
     let no_parallel = r.parallel_tool_calls == Some(false) && !r.tools.is_empty();
-    let choice = match &r.tool_choice {
-        None if no_parallel => Some(json!({"type": "auto"})),
-        None => None,
-        Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
-        Some(ToolChoice::None) => Some(json!({"type": "none"})),
-        Some(ToolChoice::Required) => Some(json!({"type": "any"})),
-        Some(ToolChoice::Tool(n)) => Some(json!({"type": "tool", "name": n})),
+    let choice = |ty, name| WireToolChoice {
+        ty,
+        name,
+        disable_parallel_tool_use: no_parallel && ty != "none",
     };
-    if let Some(mut c) = choice {
-        if no_parallel && c["type"] != "none" {
-            c["disable_parallel_tool_use"] = true.into();
-        }
-        top.insert("tool_choice".into(), c);
-    }
-    if !r.stop.is_empty() {
-        top.insert("stop_sequences".into(), r.stop.clone().into());
-    }
-    if let Some(t) = r.temperature {
-        top.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = r.top_p {
-        top.insert("top_p".into(), p.into());
-    }
-    if let Some(k) = r.top_k {
-        top.insert("top_k".into(), k.into());
-    }
-    if r.stream {
-        top.insert("stream".into(), true.into());
-    }
+    let tool_choice = match &r.tool_choice {
+        None if no_parallel => Some(choice("auto", None)),
+        None => None,
+        Some(ToolChoice::Auto) => Some(choice("auto", None)),
+        Some(ToolChoice::None) => Some(choice("none", None)),
+        Some(ToolChoice::Required) => Some(choice("any", None)),
+        Some(ToolChoice::Tool(n)) => Some(choice("tool", Some(n.as_str()))),
+    };
     if r.output.is_some() {
         losses.meaning(
             "response_format",
             "Anthropic has no JSON mode on this surface; the answer would not be held to it",
         );
     }
+    let mut max_tokens = r.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    let mut thinking = None;
     if let Some(reasoning) = &r.reasoning {
         let budget = match (reasoning.budget_tokens, reasoning.effort.as_deref()) {
             (Some(b), _) => Some(b),
@@ -421,93 +388,244 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
             (None, None) => None,
         };
         if let Some(b) = budget {
-            top.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": b}));
+            thinking = Some(WireThinking {
+                ty: "enabled",
+                budget_tokens: b,
+            });
             // The budget must fit under max_tokens.
-            let max = r.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-            if max <= b {
-                top.insert("max_tokens".into(), (b + DEFAULT_MAX_TOKENS).into());
+            if max_tokens <= b {
+                max_tokens = b + DEFAULT_MAX_TOKENS;
             }
         }
     }
     if r.seed.is_some() {
         losses.meaning("seed", "Anthropic has no sampling seed");
     }
-    if let Some(u) = &r.user {
-        top.insert("metadata".into(), json!({"user_id": u}));
-    }
-    serde_json::to_vec(&Value::Object(top)).map_err(|e| bad(e.to_string()))
-}
-
-fn text_block(t: &Text) -> Value {
-    let mut v = json!({"type": "text", "text": t.text});
-    if let Some(c) = &t.cache {
-        v["cache_control"] = cache_value(c);
-    }
-    v
-}
-
-fn source_value(s: &Source) -> Value {
-    match s {
-        Source::Base64 { media_type, data } => {
-            json!({"type": "base64", "media_type": media_type, "data": data})
-        }
-        Source::Url(u) => json!({"type": "url", "url": u}),
-    }
-}
-
-fn encode_part(p: &Part, losses: &mut Losses) -> Result<Option<Value>, DecodeError> {
-    let with_cache = |mut v: Value, c: &Option<crate::canonical::Cache>| {
-        if let Some(c) = c {
-            v["cache_control"] = cache_value(c);
-        }
-        v
+    let out = WireRequest {
+        model: &r.model,
+        max_tokens,
+        system: r.system.iter().map(text_block).collect(),
+        messages,
+        tools,
+        tool_choice,
+        stop_sequences: &r.stop,
+        temperature: r.temperature,
+        top_p: r.top_p,
+        top_k: r.top_k,
+        stream: r.stream,
+        thinking,
+        metadata: r.user.as_deref().map(|user_id| WireMetadata { user_id }),
     };
+    serde_json::to_vec(&out).map_err(|e| bad(e.to_string()))
+}
+
+/// A Messages request, written from typed structs straight to bytes (no JSON tree).
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    system: Vec<WireBlock<'a>>,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<WireThinking>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<WireMetadata<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Vec<WireBlock<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireToolChoice<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    disable_parallel_tool_use: bool,
+}
+
+#[derive(Serialize)]
+struct WireThinking {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    budget_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct WireMetadata<'a> {
+    user_id: &'a str,
+}
+
+/// `cache_control`: `{"type":"ephemeral"}`, with its `ttl` when given.
+#[derive(Serialize)]
+struct CacheControl<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<&'a str>,
+}
+
+impl<'a> From<&'a Cache> for CacheControl<'a> {
+    fn from(c: &'a Cache) -> CacheControl<'a> {
+        CacheControl {
+            ty: "ephemeral",
+            ttl: c.ttl.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock<'a> {
+    Text {
+        text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl<'a>>,
+    },
+    Image {
+        source: WireSource<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl<'a>>,
+    },
+    Document {
+        source: WireSource<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl<'a>>,
+    },
+    ToolUse {
+        id: String,
+        name: &'a str,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: Vec<WireBlock<'a>>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl<'a>>,
+    },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireSource<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+impl<'a> From<&'a Source> for WireSource<'a> {
+    fn from(s: &'a Source) -> WireSource<'a> {
+        match s {
+            Source::Base64 { media_type, data } => WireSource::Base64 { media_type, data },
+            Source::Url(url) => WireSource::Url { url },
+        }
+    }
+}
+
+fn text_block(t: &Text) -> WireBlock<'_> {
+    WireBlock::Text {
+        text: &t.text,
+        cache_control: t.cache.as_ref().map(CacheControl::from),
+    }
+}
+
+fn encode_part<'a>(p: &'a Part, losses: &mut Losses) -> Result<Option<WireBlock<'a>>, DecodeError> {
+    let cache = |c: &'a Option<Cache>| c.as_ref().map(CacheControl::from);
     Ok(Some(match p {
         Part::Text(t) if t.text.is_empty() => return Ok(None),
         Part::Text(t) => text_block(t),
-        Part::Image { source, cache } => {
-            with_cache(json!({"type": "image", "source": source_value(source)}), cache)
-        }
-        Part::Document { source, name, cache } => {
-            let mut v = json!({"type": "document", "source": source_value(source)});
-            if let Some(n) = name {
-                v["title"] = n.clone().into();
-            }
-            with_cache(v, cache)
-        }
+        Part::Image { source, cache: c } => WireBlock::Image {
+            source: source.into(),
+            cache_control: cache(c),
+        },
+        Part::Document {
+            source,
+            name,
+            cache: c,
+        } => WireBlock::Document {
+            source: source.into(),
+            title: name.as_deref(),
+            cache_control: cache(c),
+        },
         Part::ToolCall { id, name, arguments } => {
+            // Parsed and written again, so Anthropic reads the object the gates read (one
+            // parser's view of duplicate keys), not the client's raw text.
             let input: Value = match serde_json::from_str(arguments) {
                 Ok(v @ Value::Object(_)) => v,
-                _ if arguments.trim().is_empty() => json!({}),
+                _ if arguments.trim().is_empty() => Value::Object(Default::default()),
                 _ => {
                     return Err(bad(format!(
                         "the arguments of tool call `{id}` are not a JSON object"
                     )));
                 }
             };
-            json!({"type": "tool_use", "id": tool_id(id), "name": name, "input": input})
+            WireBlock::ToolUse {
+                id: tool_id(id),
+                name,
+                input,
+            }
         }
         Part::ToolResult {
             id,
             content,
             is_error,
-            cache,
+            cache: c,
         } => {
-            let inner: Vec<Value> = content
-                .iter()
-                .map(|c| encode_part(c, losses))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect();
-            let mut v = json!({"type": "tool_result", "tool_use_id": tool_id(id), "content": inner});
-            if *is_error {
-                v["is_error"] = true.into();
+            let mut inner = Vec::with_capacity(content.len());
+            for part in content {
+                inner.extend(encode_part(part, losses)?);
             }
-            with_cache(v, cache)
+            WireBlock::ToolResult {
+                tool_use_id: tool_id(id),
+                content: inner,
+                is_error: *is_error,
+                cache_control: cache(c),
+            }
         }
         Part::Thinking { text, signature } => match signature {
-            Some(s) => json!({"type": "thinking", "thinking": text, "signature": s}),
+            Some(s) => WireBlock::Thinking {
+                thinking: text,
+                signature: s,
+            },
             None => {
                 losses.hint(
                     "reasoning_content",
@@ -516,6 +634,6 @@ fn encode_part(p: &Part, losses: &mut Losses) -> Result<Option<Value>, DecodeErr
                 return Ok(None);
             }
         },
-        Part::RedactedThinking { data } => json!({"type": "redacted_thinking", "data": data}),
+        Part::RedactedThinking { data } => WireBlock::RedactedThinking { data },
     }))
 }

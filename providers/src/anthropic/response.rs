@@ -1,35 +1,46 @@
 //! Anthropic Messages answers (`"type":"message"`) <-> the canonical response, and the usage
 //! and stop-reason vocabularies both directions share with the stream codec.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::canonical::{Finish, Part, Response, Text, Usage};
 use crate::codec::{DecodeError, bad};
 
+/// Decodes a `message`, read into typed structs that borrow from `body` (no JSON tree).
 pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
-    if v.get("type").and_then(Value::as_str) != Some("message") {
+    let m: WireMessage<'_> =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not an Anthropic message: {e}")))?;
+    if m.ty.as_deref() != Some("message") {
         return Err(bad("an answer that is not a message"));
     }
-    let mut parts = Vec::new();
-    for b in v.get("content").and_then(Value::as_array).into_iter().flatten() {
-        parts.push(match b.get("type").and_then(Value::as_str) {
+    let mut parts = Vec::with_capacity(m.content.len());
+    for b in m.content {
+        let text = |t: Option<Cow<'_, str>>| t.map(Cow::into_owned).unwrap_or_default();
+        parts.push(match b.ty.as_deref() {
             Some("text") => Part::Text(Text {
-                text: b.get("text").and_then(Value::as_str).unwrap_or("").into(),
+                text: text(b.text),
                 cache: None,
             }),
             Some("tool_use") => Part::ToolCall {
-                id: b.get("id").and_then(Value::as_str).unwrap_or("").into(),
-                name: b.get("name").and_then(Value::as_str).unwrap_or("").into(),
-                arguments: b.get("input").map_or_else(|| "{}".into(), Value::to_string),
+                id: text(b.id),
+                name: text(b.name),
+                // The model's JSON as compact text, whatever spacing the upstream used.
+                arguments: match b.input {
+                    None => "{}".into(),
+                    Some(raw) => serde_json::from_str::<Value>(raw.get())
+                        .map(|v| v.to_string())
+                        .map_err(|e| bad(format!("a tool call's input: {e}")))?,
+                },
             },
             Some("thinking") => Part::Thinking {
-                text: b.get("thinking").and_then(Value::as_str).unwrap_or("").into(),
-                signature: b.get("signature").and_then(Value::as_str).map(Into::into),
+                text: text(b.thinking),
+                signature: b.signature.map(Cow::into_owned),
             },
-            Some("redacted_thinking") => Part::RedactedThinking {
-                data: b.get("data").and_then(Value::as_str).unwrap_or("").into(),
-            },
+            Some("redacted_thinking") => Part::RedactedThinking { data: text(b.data) },
             other => {
                 return Err(bad(format!(
                     "a content block of type `{}` cannot be translated",
@@ -39,14 +50,72 @@ pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
         });
     }
     Ok(Response {
-        id: v.get("id").and_then(Value::as_str).unwrap_or("").into(),
-        model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
+        id: m.id.map(Cow::into_owned).unwrap_or_default(),
+        model: m.model.map(Cow::into_owned).unwrap_or_default(),
         parts,
-        finish: v.get("stop_reason").and_then(Value::as_str).map(finish_of),
-        stop_sequence: v.get("stop_sequence").and_then(Value::as_str).map(Into::into),
-        usage: v.get("usage").map(usage_of),
+        finish: m.stop_reason.as_deref().map(finish_of),
+        stop_sequence: m.stop_sequence.map(Cow::into_owned),
+        usage: m.usage.map(Into::into),
         created: None,
     })
+}
+
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Vec<WireBlock<'a>>,
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    stop_sequence: Option<Cow<'a, str>>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+/// Anthropic's usage object, in answers and in stream events.
+#[derive(Deserialize)]
+pub(super) struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            input: u.input_tokens.unwrap_or(0),
+            output: u.output_tokens.unwrap_or(0),
+            cached_input: u.cache_read_input_tokens.unwrap_or(0),
+            cache_write: u.cache_creation_input_tokens.unwrap_or(0),
+            reasoning: 0,
+        }
+    }
 }
 
 pub fn finish_of(reason: &str) -> Finish {
@@ -70,18 +139,6 @@ pub fn finish_name(f: Finish) -> &'static str {
         Finish::ContentFilter => "refusal",
         Finish::PauseTurn => "pause_turn",
         Finish::ContextWindow => "model_context_window_exceeded",
-    }
-}
-
-/// Anthropic usage: `input_tokens` excludes cache reads and writes, which are counted apart.
-pub fn usage_of(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Usage {
-        input: n("input_tokens"),
-        output: n("output_tokens"),
-        cached_input: n("cache_read_input_tokens"),
-        cache_write: n("cache_creation_input_tokens"),
-        reasoning: 0,
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::response::{finish_name, finish_of, usage_json};
+use super::response::{WireUsage, finish_name, finish_of, usage_json};
 use crate::canonical::{ApiError, Delta, Event, PartStart, Usage};
 use crate::stream::StreamError;
 
@@ -221,26 +221,6 @@ struct WireDelta {
     signature: Option<String>,
     stop_reason: Option<String>,
     stop_sequence: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireUsage {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-}
-
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Usage {
-        Usage {
-            input: u.input_tokens.unwrap_or(0),
-            output: u.output_tokens.unwrap_or(0),
-            cached_input: u.cache_read_input_tokens.unwrap_or(0),
-            cache_write: u.cache_creation_input_tokens.unwrap_or(0),
-            reasoning: 0,
-        }
-    }
 }
 
 /// Writes canonical events as an Anthropic stream.

@@ -1,23 +1,34 @@
 //! OpenAI Chat Completions requests (`POST /v1/chat/completions`) <-> the canonical request.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::canonical::{
     Cache, Losses, Message, OutputFormat, Part, Reasoning, Request, Role, Source, Text, Tool, ToolChoice,
 };
-use crate::codec::{DecodeError, bad, cache_of, opt_f64, opt_str, opt_u64, text_of};
+use crate::codec::{DecodeError, bad, cache_of, fields, opt_f64, opt_str, opt_u64, text_of, tree};
 
 /// Decodes a Chat Completions request. What has no canonical place is added to `losses`.
 pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let Value::Object(top) = v else {
-        return Err(bad("the body must be a JSON object"));
-    };
+    // Members are read one by one from the body, the conversation into typed structs; only
+    // the members that need one are parsed into a tree.
+    let top = fields(body).map_err(|e| match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => e,
+        _ => bad("the body must be a JSON object"),
+    })?;
     let mut r = Request::default();
-    for (key, value) in &top {
-        match key.as_str() {
+    for (key, raw) in &top {
+        let key: &str = key;
+        if key == "messages" {
+            decode_messages(raw, &mut r, losses)?;
+            continue;
+        }
+        let value = &tree(raw)?;
+        match key {
             "model" => r.model = text_of(value, "model")?,
-            "messages" => decode_messages(value, &mut r, losses)?,
             "tools" => r.tools = decode_tools(value, losses)?,
             "functions" => r.tools.extend(decode_functions(value)?),
             "tool_choice" => r.tool_choice = decode_tool_choice(value)?,
@@ -70,12 +81,12 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
             }
             "logprobs" | "top_logprobs" => {
                 if !matches!(value, Value::Null | Value::Bool(false)) {
-                    losses.meaning(key.as_str(), "no log probabilities are returned");
+                    losses.meaning(key, "no log probabilities are returned");
                 }
             }
             "presence_penalty" | "frequency_penalty" => {
                 if value.as_f64().is_some_and(|p| p != 0.0) {
-                    losses.meaning(key.as_str(), "sampling is not penalised");
+                    losses.meaning(key, "sampling is not penalised");
                 }
             }
             "seed" => {
@@ -86,14 +97,14 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
             }
             "logit_bias" | "modalities" | "audio" | "prediction" | "web_search_options" => {
                 if !value.is_null() {
-                    losses.meaning(key.as_str(), "the target has no such feature");
+                    losses.meaning(key, "the target has no such feature");
                 }
             }
             // Hints and bookkeeping the target does without.
             "metadata" | "store" | "service_tier" | "prompt_cache_key" | "safety_identifier"
             | "verbosity" => {
                 if !value.is_null() {
-                    losses.hint(key.as_str(), "an OpenAI-only setting, not sent");
+                    losses.hint(key, "an OpenAI-only setting, not sent");
                 }
             }
             other => losses.meaning(other, "a field this gateway does not translate"),
@@ -105,12 +116,14 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
     Ok(r)
 }
 
-fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Result<(), DecodeError> {
-    let Value::Array(list) = value else {
+fn decode_messages(raw: &RawValue, r: &mut Request, losses: &mut Losses) -> Result<(), DecodeError> {
+    if !raw.get().starts_with('[') {
         return Err(bad("`messages` must be an array"));
-    };
+    }
+    let list: Vec<WireMessage<'_>> =
+        serde_json::from_str(raw.get()).map_err(|e| bad(format!("`messages`: {e}")))?;
     for (i, m) in list.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let role = m.role.as_deref().unwrap_or("");
         match role {
             "system" | "developer" => {
                 if !r.messages.is_empty() {
@@ -119,7 +132,7 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
                         "instructions after the conversation started would move to its start",
                     );
                 }
-                for t in content_parts(m.get("content"), i, losses)? {
+                for t in message_content(m.content, i, losses)? {
                     match t {
                         Part::Text(t) => r.system.push(t),
                         _ => return Err(bad(format!("messages[{i}]: instructions must be text"))),
@@ -127,12 +140,13 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
                 }
             }
             "user" => {
-                let parts = content_parts(m.get("content"), i, losses)?;
+                let parts = message_content(m.content, i, losses)?;
                 push(r, Role::User, parts);
             }
             "assistant" => {
                 let mut parts = Vec::new();
-                if let Some(Value::Array(blocks)) = m.get("thinking_blocks") {
+                let blocks = m.thinking_blocks.map(tree).transpose()?;
+                if let Some(Value::Array(blocks)) = &blocks {
                     for b in blocks {
                         match b.get("type").and_then(Value::as_str) {
                             Some("thinking") => parts.push(Part::Thinking {
@@ -145,14 +159,15 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
                             _ => return Err(bad(format!("messages[{i}].thinking_blocks: unknown block"))),
                         }
                     }
-                } else if let Some(text) = m.get("reasoning_content").and_then(Value::as_str) {
+                } else if let Some(text) = m.reasoning_content.as_deref() {
                     parts.push(Part::Thinking {
                         text: text.into(),
                         signature: None,
                     });
                 }
-                parts.extend(content_parts(m.get("content"), i, losses)?);
-                if let Some(Value::Array(calls)) = m.get("tool_calls") {
+                parts.extend(message_content(m.content, i, losses)?);
+                let calls = m.tool_calls.map(tree).transpose()?;
+                if let Some(Value::Array(calls)) = &calls {
                     for c in calls {
                         let f = c.get("function").unwrap_or(&Value::Null);
                         parts.push(Part::ToolCall {
@@ -165,7 +180,8 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
                         });
                     }
                 }
-                if let Some(f) = m.get("function_call").filter(|f| f.is_object()) {
+                let call = m.function_call.map(tree).transpose()?;
+                if let Some(f) = call.as_ref().filter(|f| f.is_object()) {
                     let name = text_of(f.get("name").unwrap_or(&Value::Null), "function_call.name")?;
                     parts.push(Part::ToolCall {
                         id: name.clone(),
@@ -173,17 +189,17 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
                         name,
                     });
                 }
-                if m.get("refusal").is_some_and(|r| !r.is_null()) {
+                if m.refusal.is_some() {
                     losses.hint("messages[].refusal", "a past refusal is not replayed");
                 }
                 push(r, Role::Assistant, parts);
             }
             "tool" | "function" => {
                 let id = match role {
-                    "tool" => text_of(m.get("tool_call_id").unwrap_or(&Value::Null), "tool_call_id")?,
-                    _ => text_of(m.get("name").unwrap_or(&Value::Null), "name")?,
+                    "tool" => text_of(&opt_tree(m.tool_call_id)?, "tool_call_id")?,
+                    _ => text_of(&opt_tree(m.name)?, "name")?,
                 };
-                let content = content_parts(m.get("content"), i, losses)?;
+                let content = message_content(m.content, i, losses)?;
                 let part = Part::ToolResult {
                     id,
                     content,
@@ -194,11 +210,49 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
             }
             other => return Err(bad(format!("messages[{i}]: unknown role `{other}`"))),
         }
-        if m.get("name").is_some() {
+        if m.name.is_some() {
             losses.hint("messages[].name", "participant names are not sent");
         }
     }
     Ok(())
+}
+
+/// One message of `messages`: what the decoder reads, each left unparsed until it is.
+#[derive(Deserialize)]
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    thinking_blocks: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow)]
+    function_call: Option<&'a RawValue>,
+    #[serde(borrow)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_call_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+}
+
+fn opt_tree(raw: Option<&RawValue>) -> Result<Value, DecodeError> {
+    raw.map_or(Ok(Value::Null), tree)
+}
+
+/// A message's `content`; a plain string (most of every conversation) without a tree.
+fn message_content(raw: Option<&RawValue>, i: usize, losses: &mut Losses) -> Result<Vec<Part>, DecodeError> {
+    match raw {
+        Some(raw) if raw.get().starts_with('"') => {
+            let text: String = serde_json::from_str(raw.get()).map_err(|e| bad(format!("not JSON: {e}")))?;
+            Ok(vec![Part::Text(Text { text, cache: None })])
+        }
+        raw => content_parts(Some(&opt_tree(raw)?), i, losses),
+    }
 }
 
 /// Appends to the last message when it has the same role (tool results and the user's next

@@ -1,7 +1,8 @@
 //! OpenAI Chat Completions answers (`chat.completion`) <-> the canonical response, and the
 //! usage and finish-reason vocabularies both directions share with the stream codec.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::canonical::{Finish, Part, Response, Usage};
 use crate::codec::{DecodeError, bad, unix_now};
@@ -100,24 +101,54 @@ pub fn usage_of(u: &Value) -> Usage {
     }
 }
 
-pub fn usage_json(u: &Usage) -> Value {
-    let prompt = u.prompt();
-    let mut v = json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": u.output,
-        "total_tokens": prompt.saturating_add(u.output),
-        "prompt_tokens_details": {"cached_tokens": u.cached_input},
-        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
-    });
-    if u.cache_write > 0 {
-        // What caching gateways add for Anthropic's cache writes (OpenAI has no such field).
-        v["cache_creation_input_tokens"] = u.cache_write.into();
+/// OpenAI's usage object, written from the canonical counts.
+#[derive(Serialize)]
+pub(super) struct WireUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+    completion_tokens_details: ReasoningTokens,
+    /// What caching gateways add for Anthropic's cache writes (OpenAI has no such field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+impl From<&Usage> for WireUsage {
+    fn from(u: &Usage) -> WireUsage {
+        let prompt = u.prompt();
+        WireUsage {
+            prompt_tokens: prompt,
+            completion_tokens: u.output,
+            total_tokens: prompt.saturating_add(u.output),
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: u.cached_input,
+            },
+            completion_tokens_details: ReasoningTokens {
+                reasoning_tokens: u.reasoning,
+            },
+            cache_creation_input_tokens: (u.cache_write > 0).then_some(u.cache_write),
+        }
     }
-    v
+}
+
+pub fn usage_json(u: &Usage) -> Value {
+    serde_json::to_value(WireUsage::from(u)).unwrap_or_default()
 }
 
 /// Encodes a canonical response as a `chat.completion`. Reasoning goes in `reasoning_content`
 /// and, with its signatures, in `thinking_blocks`, which clients send back on the next turn.
+/// Written from typed structs straight to bytes (no JSON tree).
 pub fn encode(r: &Response) -> Vec<u8> {
     let mut text = String::new();
     let mut calls = Vec::new();
@@ -126,44 +157,100 @@ pub fn encode(r: &Response) -> Vec<u8> {
     for p in &r.parts {
         match p {
             Part::Text(t) => text.push_str(&t.text),
-            Part::ToolCall { id, name, arguments } => calls.push(json!({
-                "id": id, "type": "function", "function": {"name": name, "arguments": arguments}})),
+            Part::ToolCall { id, name, arguments } => calls.push(WireCall {
+                id,
+                ty: "function",
+                function: WireFunction { name, arguments },
+            }),
             Part::Thinking { text: t, signature } => {
                 reasoning.push_str(t);
-                blocks.push(json!({"type": "thinking", "thinking": t, "signature": signature}));
+                blocks.push(WireThinking::Thinking {
+                    thinking: t,
+                    signature: signature.as_deref(),
+                });
             }
-            Part::RedactedThinking { data } => {
-                blocks.push(json!({"type": "redacted_thinking", "data": data}))
-            }
+            Part::RedactedThinking { data } => blocks.push(WireThinking::Redacted { data }),
             _ => {}
         }
     }
-    let mut msg = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { text.into() },
-        "refusal": null,
-    });
-    if !calls.is_empty() {
-        msg["tool_calls"] = calls.into();
-    }
-    if !blocks.is_empty() {
-        msg["reasoning_content"] = reasoning.into();
-        msg["thinking_blocks"] = blocks.into();
-    }
-    let mut out = json!({
-        "id": r.id,
-        "object": "chat.completion",
-        "created": r.created.unwrap_or_else(unix_now),
-        "model": r.model,
-        "choices": [{
-            "index": 0,
-            "message": msg,
-            "logprobs": null,
-            "finish_reason": r.finish.map(finish_name).unwrap_or("stop"),
+    let has_blocks = !blocks.is_empty();
+    let out = WireCompletion {
+        id: &r.id,
+        object: "chat.completion",
+        created: r.created.unwrap_or_else(unix_now),
+        model: &r.model,
+        choices: [WireChoice {
+            index: 0,
+            message: WireMessage {
+                role: "assistant",
+                content: (!text.is_empty() || calls.is_empty()).then_some(&text),
+                refusal: (),
+                tool_calls: calls,
+                reasoning_content: has_blocks.then_some(&reasoning),
+                thinking_blocks: blocks,
+            },
+            logprobs: (),
+            finish_reason: r.finish.map(finish_name).unwrap_or("stop"),
         }],
-    });
-    if let Some(u) = &r.usage {
-        out["usage"] = usage_json(u);
-    }
+        usage: r.usage.as_ref().map(WireUsage::from),
+    };
     serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct WireCompletion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [WireChoice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Serialize)]
+struct WireChoice<'a> {
+    index: u32,
+    message: WireMessage<'a>,
+    logprobs: (),
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Option<&'a String>,
+    refusal: (),
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    thinking_blocks: Vec<WireThinking<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum WireThinking<'a> {
+    #[serde(rename = "thinking")]
+    Thinking {
+        thinking: &'a str,
+        signature: Option<&'a str>,
+    },
+    #[serde(rename = "redacted_thinking")]
+    Redacted { data: &'a str },
 }
