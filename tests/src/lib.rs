@@ -47,7 +47,8 @@ pub struct Behavior {
     pub gate: Option<Arc<Semaphore>>,
     /// Never answer (to test timeouts).
     pub hang: bool,
-    /// Answer with this status and a fixed OpenAI-style error body.
+    /// Answer with this status and a fixed OpenAI-style error body (with a script: the
+    /// script's body).
     pub status: Option<StatusCode>,
     /// Answer with what this returns for the request's path and JSON body: a content type and
     /// the body's pieces, each handed to the connection on its own.
@@ -169,7 +170,7 @@ impl Shared {
             let _abandoned = SetOnDrop(self.hang_abandoned.clone());
             std::future::pending::<()>().await;
         }
-        if let Some(status) = self.behavior.status {
+        if let Some(status) = self.behavior.status.filter(|_| self.behavior.script.is_none()) {
             return json(
                 status,
                 r#"{"error":{"message":"upstream says no","type":"upstream_error","code":"x"}}"#,
@@ -192,6 +193,9 @@ impl Shared {
                 }
             });
             let mut resp = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+            if let Some(status) = self.behavior.status {
+                *resp.status_mut() = status;
+            }
             resp.headers_mut()
                 .insert("content-type", content_type.parse().unwrap());
             if let Some(e) = encoding {

@@ -526,3 +526,86 @@ async fn an_ollama_client_streams_ndjson_from_an_anthropic_upstream_and_lists_mo
     assert!(names.contains(&"demo".to_string()), "{names:?}");
     gw.stop().await;
 }
+
+/// With answer rules, a Gemini or Ollama client's answers go through the filter by way of the
+/// canonical model. An upstream's error is not an answer in any dialect: it reaches the client
+/// with its own status, its strings scanned (an address in it redacted), not as a 502. A 2xx
+/// answer the canonical model cannot read is refused (502 `answer_unscanned`) and recorded as
+/// stopped by the content gate.
+#[tokio::test]
+async fn with_answer_rules_gemini_and_ollama_clients_get_upstream_errors_scanned_not_replaced() {
+    const EMAIL: &str = "ops@corp.example";
+    let script: Script = Arc::new(|path: &str, _req: &Value| {
+        let body = if path.contains(":generateContent") {
+            json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                             "message": format!("Quota exceeded; write to {EMAIL}")}})
+        } else {
+            json!({"error": format!("model not found; write to {EMAIL}")})
+        };
+        Scripted {
+            content_type: "application/json",
+            encoding: None,
+            pieces: pieces(body.to_string()),
+        }
+    });
+    let up = MockUpstream::start(Behavior {
+        script: Some(script),
+        status: Some(StatusCode::TOO_MANY_REQUESTS),
+        ..Default::default()
+    })
+    .await;
+    let extra = EXTRA.replace("UP", &up.addr.to_string());
+    let pii = "[pii]\nresponse = { email = \"redact\" }\n";
+    let gw = TestGateway::start(&format!("{}{extra}{pii}", config(up.addr, "", ""))).await;
+
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let r = gemini_call(&gw, "/v1beta/models/gemini-2.5-flash:generateContent", body).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(!r.text().contains(EMAIL), "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Quota exceeded; write to "),
+        "{v}"
+    );
+
+    let body = json!({"model": "llama3.2", "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+    let r = ollama_call(&gw, body).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert!(!r.text().contains(EMAIL), "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().starts_with("model not found"),
+        "{}",
+        r.text()
+    );
+    gw.stop().await;
+
+    // A 2xx answer with two candidates: the canonical model holds one.
+    let script: Script = Arc::new(|_path: &str, _req: &Value| {
+        let c =
+            |t: &str| json!({"content": {"role": "model", "parts": [{"text": t}]}, "finishReason": "STOP"});
+        Scripted {
+            content_type: "application/json",
+            encoding: None,
+            pieces: pieces(json!({"candidates": [c("one"), c(EMAIL)]}).to_string()),
+        }
+    });
+    let up = MockUpstream::start(Behavior {
+        script: Some(script),
+        ..Default::default()
+    })
+    .await;
+    let extra = EXTRA.replace("UP", &up.addr.to_string());
+    let gw = TestGateway::start(&format!("{}{extra}{pii}", config(up.addr, "", ""))).await;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let r = gemini_call(&gw, "/v1beta/models/gemini-2.5-flash:generateContent", body).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(!r.text().contains(EMAIL), "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], 502, "{}", r.text());
+    let end = call_end(&gw).await;
+    assert_eq!(end["content"]["stopped"], "answer_unscanned", "{end}");
+    gw.stop().await;
+}

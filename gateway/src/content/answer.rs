@@ -62,27 +62,25 @@ impl AnswerFilter {
     }
 
     /// A whole JSON answer: `Ok(None)` to send it as it is, `Ok(Some(body))` rewritten, or the
-    /// reason to refuse it.
-    pub fn json(&mut self, body: &[u8]) -> Result<Option<Bytes>, Stopped> {
+    /// reason to refuse it. `success`: the upstream's status was 2xx. An error answer is not in
+    /// the shape of an answer in any dialect: the filter scans it as it is (every string in it,
+    /// or its text when it is not JSON), never through the canonical model.
+    pub fn json(&mut self, body: &[u8], success: bool) -> Result<Option<Bytes>, Stopped> {
         match self {
             AnswerFilter::Direct(f) => f.json(body),
+            AnswerFilter::Hub { filter, .. } if !success => filter.json(body),
             AnswerFilter::Hub { client, filter, .. } => {
-                let unread = |why: String| Stopped {
-                    gate: "content",
-                    code: "answer_unscanned",
-                    status: http::StatusCode::BAD_GATEWAY,
-                    message: format!(
-                        "the upstream's answer could not be checked, so it is not passed on: {why}"
-                    ),
+                let openai = match lattice_providers::translate::response(*client, Dialect::OpenAi, body) {
+                    Ok(b) => b,
+                    Err(e) => return Err(filter.unscanned(&e)),
                 };
-                let openai = lattice_providers::translate::response(*client, Dialect::OpenAi, body)
-                    .map_err(|e| unread(e.0))?;
                 match filter.json(&openai)? {
                     None => Ok(None),
                     Some(changed) => {
-                        lattice_providers::translate::response(Dialect::OpenAi, *client, &changed)
-                            .map(|b| Some(Bytes::from(b)))
-                            .map_err(|e| unread(e.0))
+                        match lattice_providers::translate::response(Dialect::OpenAi, *client, &changed) {
+                            Ok(b) => Ok(Some(Bytes::from(b))),
+                            Err(e) => Err(filter.unscanned(&e)),
+                        }
                     }
                 }
             }

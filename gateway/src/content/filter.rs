@@ -181,7 +181,7 @@ impl Filter {
 
     /// An answer (or event) that is meant as JSON but does not read one way only: not checked,
     /// so not passed on.
-    fn unscanned(&mut self, why: &strict::Unreadable) -> Stopped {
+    pub(super) fn unscanned(&mut self, why: &dyn std::fmt::Display) -> Stopped {
         self.report.stopped = Some("answer_unscanned");
         Stopped {
             gate: "content",

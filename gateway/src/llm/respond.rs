@@ -245,7 +245,8 @@ fn filtered(
     dialect: Dialect,
     mut log: Box<AccessLog>,
 ) -> Response<ResponseBody> {
-    let body = match log.filter.as_mut().map(|f| f.json(&whole)) {
+    let success = parts.status.is_success();
+    let body = match log.filter.as_mut().map(|f| f.json(&whole, success)) {
         None | Some(Ok(None)) => whole,
         Some(Ok(Some(b))) => b,
         Some(Err(stopped)) => {
