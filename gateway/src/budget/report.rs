@@ -6,6 +6,11 @@
 //! record's `spend` (matched by the reservation's id). A reservation without a
 //! settlement (the process died, or the end record was lost with the last moment before a
 //! crash) is charged at its reserved amount: never forgotten, never free.
+//!
+//! Only the sealed log is read: records past the last seal at its end (a write a crash cut
+//! short before its sync) are set aside by the next start's recovery, so a report read before
+//! that start must not count them either. An end record there would settle, in the report, a
+//! call the rebuilt ledger charges at its reservation.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -62,7 +67,7 @@ struct End {
 /// unsettled ones at the end.
 pub fn replay(storage: &dyn lattice_audit::Storage, mut f: impl FnMut(Charge)) -> std::io::Result<()> {
     let mut open: HashMap<String, Charge> = HashMap::new();
-    lattice_audit::verify::for_each_record(storage, |r| match r.event.kind.as_str() {
+    lattice_audit::verify::for_each_sealed_record(storage, |r| match r.event.kind.as_str() {
         lattice_audit::log::CALL_DECISION => {
             if let Ok(Decision {
                 principal,
