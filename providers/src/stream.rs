@@ -224,19 +224,33 @@ impl Transcoder {
             Decode::Gemini(d) => d.data(&data, &mut self.events),
             Decode::Ollama(d) => d.line(&data, &mut self.events),
         };
-        // Events decoded before a failure still go out, then the error.
+        // Events decoded before a failure still go out, then the error. An event the client's
+        // dialect cannot carry ends the stream there, with the error.
+        let mut unwritable = None;
         for e in self.events.drain(..) {
+            let written = match &mut self.encode {
+                Encode::OpenAi(enc) => {
+                    enc.event(&e, out);
+                    Ok(())
+                }
+                Encode::Anthropic(enc) => {
+                    enc.event(&e, out);
+                    Ok(())
+                }
+                Encode::Gemini(enc) => enc.event(&e, out),
+                Encode::Ollama(enc) => enc.event(&e, out),
+            };
+            if let Err(err) = written {
+                unwritable = Some(err);
+                break;
+            }
             if e == Event::Stop {
                 self.ended = true;
             }
-            match &mut self.encode {
-                Encode::OpenAi(enc) => enc.event(&e, out),
-                Encode::Anthropic(enc) => enc.event(&e, out),
-                Encode::Gemini(enc) => enc.event(&e, out),
-                Encode::Ollama(enc) => enc.event(&e, out),
-            }
         }
-        if let Err(e) = decoded {
+        if let Some(e) = unwritable.or(decoded.err()) {
+            self.events.clear();
+            self.ended = false;
             self.fail(e, out);
         }
     }

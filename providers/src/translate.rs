@@ -4,7 +4,7 @@
 //! Same-dialect calls never come here: their bytes pass through untouched.
 
 use crate::Dialect;
-use crate::canonical::{Disposition, Loss, Losses, Request};
+use crate::canonical::{Disposition, Loss, Losses, Part, Request};
 use crate::codec::DecodeError;
 use crate::{anthropic, gemini, ollama, openai};
 
@@ -116,6 +116,21 @@ pub fn response(from: Dialect, to: Dialect, body: &[u8]) -> Result<Vec<u8>, Deco
         Dialect::Gemini => gemini::response::decode(body)?,
         Dialect::Ollama => ollama::response::decode(body)?,
     };
+    if to != Dialect::OpenAi {
+        // These dialects carry a call's arguments only as an object: never `{}` for them.
+        for p in &r.parts {
+            if let Part::ToolCall { name, arguments, .. } = p
+                && crate::whole::arguments_object(arguments).is_none()
+            {
+                let client = match to {
+                    Dialect::Anthropic => "Anthropic",
+                    Dialect::Gemini => "Gemini",
+                    _ => "Ollama",
+                };
+                return Err(DecodeError(crate::whole::not_an_object(name, client)));
+            }
+        }
+    }
     Ok(match to {
         Dialect::OpenAi => openai::response::encode(&r),
         Dialect::Anthropic => anthropic::response::encode(&r),

@@ -165,6 +165,13 @@ impl PendingCalls {
     }
 }
 
+/// Why a tool call cannot be written for a client whose dialect takes arguments as an object.
+pub fn not_an_object(name: &str, client: &str) -> String {
+    format!(
+        "the arguments the model wrote for tool `{name}` are not a JSON object, the only form {client} takes them in"
+    )
+}
+
 /// A tool call's arguments as a JSON object (the dialects that take calls whole want an
 /// object, not text); arguments that are not one become `{}` only when empty.
 pub fn arguments_object(arguments: &str) -> Option<serde_json::Value> {

@@ -402,3 +402,39 @@ fn gemini_and_ollama_streams_cut_short_end_with_an_error_in_each_clients_dialect
     assert!(out.contains("\"content\":\"hi\""), "{out}");
     assert!(out.contains("\"error\""), "{out}");
 }
+
+/// A streamed tool call whose arguments end up not a JSON object cannot be handed to a client
+/// that takes arguments only as an object: its stream ends with an error, never with `{}`.
+#[test]
+fn streamed_arguments_that_are_no_object_end_the_stream_for_gemini_and_ollama_clients() {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let input = [
+        chunk(
+            json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                   "function": {"name": "delete_file", "arguments": "{\"path\": "}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    for to in [Dialect::Gemini, Dialect::Ollama] {
+        let out = transcode(Dialect::OpenAi, to, &[input.as_bytes()]);
+        assert!(out.contains("delete_file"), "{out}");
+        assert!(out.contains("not a JSON object"), "{out}");
+        assert!(
+            !out.contains("functionCall") && !out.contains("tool_calls"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("\"done\":true"),
+            "no normal end after the error: {out}"
+        );
+    }
+}

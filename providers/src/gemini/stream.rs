@@ -108,7 +108,9 @@ impl Encoder {
         crate::sse::write(out, None, &v.to_string());
     }
 
-    pub fn event(&mut self, e: &Event, out: &mut BytesMut) {
+    /// Writes one event. A tool call whose arguments are not a JSON object cannot be written
+    /// (this dialect carries arguments only as an object): the stream fails, never `{}`.
+    pub fn event(&mut self, e: &Event, out: &mut BytesMut) -> Result<(), StreamError> {
         match e {
             Event::Start { id, model, usage } => {
                 self.id.clone_from(id);
@@ -135,7 +137,9 @@ impl Encoder {
             },
             Event::PartStop { index } => {
                 if let Some((id, name, args)) = self.calls.close(*index) {
-                    let args = crate::whole::arguments_object(&args).unwrap_or_else(|| json!({}));
+                    let args = crate::whole::arguments_object(&args).ok_or_else(|| {
+                        StreamError::Malformed(crate::whole::not_an_object(&name, "Gemini"))
+                    })?;
                     self.chunk(
                         json!([{"functionCall": {"id": id, "name": name, "args": args}}]),
                         None,
@@ -151,6 +155,7 @@ impl Encoder {
             }
             Event::Stop => {}
         }
+        Ok(())
     }
 
     /// An error object as the last event, as Gemini ends a failed stream.

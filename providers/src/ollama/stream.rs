@@ -76,7 +76,9 @@ impl Encoder {
         out.extend_from_slice(b"\n");
     }
 
-    pub fn event(&mut self, e: &Event, out: &mut BytesMut) {
+    /// Writes one event. A tool call whose arguments are not a JSON object cannot be written
+    /// (this dialect carries arguments only as an object): the stream fails, never `{}`.
+    pub fn event(&mut self, e: &Event, out: &mut BytesMut) -> Result<(), StreamError> {
         match e {
             Event::Start { model, usage, .. } => {
                 self.model.clone_from(model);
@@ -100,7 +102,9 @@ impl Encoder {
             },
             Event::PartStop { index } => {
                 if let Some((_, name, args)) = self.calls.close(*index) {
-                    let args = crate::whole::arguments_object(&args).unwrap_or_else(|| json!({}));
+                    let args = crate::whole::arguments_object(&args).ok_or_else(|| {
+                        StreamError::Malformed(crate::whole::not_an_object(&name, "Ollama"))
+                    })?;
                     let call = json!({"function": {"name": name, "arguments": args}});
                     self.line(
                         json!({"role": "assistant", "content": "", "tool_calls": [call]}),
@@ -118,6 +122,7 @@ impl Encoder {
             }
             Event::Stop => {}
         }
+        Ok(())
     }
 
     /// An error line, as Ollama ends a failed stream.
