@@ -57,6 +57,14 @@ fn gemini_query_key(parts: &mut http::request::Parts) {
     }
 }
 
+/// Whether a Gemini URL's query asks for server-sent events (`alt=sse`).
+fn asks_sse(query: Option<&str>) -> bool {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|kv| kv == "alt=sse")
+}
+
 enum Endpoint {
     Health,
     Ready,
@@ -195,6 +203,12 @@ pub async fn handle(
         return reject(Rejection::BadFraming(why), dialect, rid, log);
     }
     let surface = match endpoint(&parts.method, parts.uri.path()) {
+        Ok(Endpoint::Call(Surface::StreamGenerateContent)) if !asks_sse(parts.uri.query()) => {
+            // Without `alt=sse` Gemini streams one JSON array; this gateway streams events only,
+            // and says so rather than answer in a form the client did not ask for.
+            let why = "`:streamGenerateContent` is served as server-sent events only: add `?alt=sse` to the URL (Google's SDKs do)";
+            return reject(Rejection::Unsupported(why), Dialect::Gemini, rid, log);
+        }
         Ok(Endpoint::Call(s)) => s,
         Ok(Endpoint::Health) => {
             return plain(

@@ -41,6 +41,8 @@ pub(crate) enum Rejection {
     },
     /// The body cannot be read as its dialect for translation.
     TranslationInvalid(String),
+    /// A form of a provider's API this gateway does not serve (the message says which to use).
+    Unsupported(&'static str),
     /// The upstream's answer could not be translated to the client's dialect.
     AnswerUntranslatable(Arc<str>),
     Denied(Denial),
@@ -77,6 +79,7 @@ impl Rejection {
             | Rejection::DialectMismatch { .. }
             | Rejection::Untranslatable { .. }
             | Rejection::TranslationInvalid(_)
+            | Rejection::Unsupported(_)
             | Rejection::BadFraming(_) => StatusCode::BAD_REQUEST,
             Rejection::Denied(d) => d.status,
             Rejection::UpstreamConnect(_)
@@ -103,7 +106,7 @@ impl Rejection {
             Rejection::UnknownModel(_) => "model_not_found",
             Rejection::DialectMismatch { .. } => "dialect_not_supported",
             Rejection::Untranslatable { .. } => "unsupported_parameter",
-            Rejection::TranslationInvalid(_) => "invalid_request",
+            Rejection::TranslationInvalid(_) | Rejection::Unsupported(_) => "invalid_request",
             Rejection::AnswerUntranslatable(_) => "answer_untranslatable",
             Rejection::Denied(d) => d.code,
             Rejection::UpstreamConnect(_) => "upstream_unreachable",
@@ -165,6 +168,7 @@ impl Rejection {
                 .into()
             }
             Rejection::TranslationInvalid(m) => format!("the request cannot be translated: {m}").into(),
+            Rejection::Unsupported(m) => Cow::Borrowed(*m),
             Rejection::AnswerUntranslatable(u) => {
                 format!("the answer of upstream `{u}` could not be translated to this API's dialect").into()
             }

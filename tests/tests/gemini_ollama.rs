@@ -424,7 +424,7 @@ async fn a_gemini_client_reaches_an_openai_upstream_with_the_model_from_its_url(
 
 #[tokio::test]
 async fn a_gemini_client_streams_from_the_mock_and_errors_come_in_its_dialect() {
-    let (_up, gw) = start().await;
+    let (up, gw) = start().await;
     let body = json!({"contents": [{"role": "user", "parts": [{"text": "one two three"}]}]});
     let r = gemini_call(
         &gw,
@@ -458,6 +458,23 @@ async fn a_gemini_client_streams_from_the_mock_and_errors_come_in_its_dialect() 
     let r = gemini_call(&gw, "/v1beta/models/demo:generateContent", json!({"contents": 7})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT");
+    // Without `alt=sse`, Gemini would stream one JSON array: refused, not answered in events.
+    for path in [
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=json",
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?salt=sse",
+    ] {
+        let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+        let r = gemini_call(&gw, path, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("alt=sse"), "{v}");
+    }
+    assert!(
+        up.requests.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
     gw.stop().await;
 }
 
