@@ -438,3 +438,26 @@ fn streamed_arguments_that_are_no_object_end_the_stream_for_gemini_and_ollama_cl
         );
     }
 }
+
+/// A Gemini stream that ends in a failed tool call ends the client's stream with an error, not
+/// with a plain stop.
+#[test]
+fn a_gemini_stream_ending_in_a_failed_tool_call_ends_with_an_error() {
+    let chunk = |parts: Value, finish: Option<&str>| {
+        let mut c = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = f.into();
+        }
+        format!("data: {}\r\n\r\n", json!({"candidates": [c], "responseId": "r1"}))
+    };
+    let input = chunk(json!([{"text": "Let me"}]), None) + &chunk(json!([]), Some("MALFORMED_FUNCTION_CALL"));
+    for to in [Dialect::OpenAi, Dialect::Anthropic, Dialect::Ollama] {
+        let out = transcode(Dialect::Gemini, to, &[input.as_bytes()]);
+        assert!(out.contains("Let me"), "{out}");
+        assert!(out.contains("MALFORMED_FUNCTION_CALL"), "{out}");
+        assert!(
+            !out.contains("[DONE]") && !out.contains("message_stop") && !out.contains("\"done\":true"),
+            "{out}"
+        );
+    }
+}

@@ -58,6 +58,19 @@ pub fn encode_error(e: &ApiError) -> (u16, Vec<u8>) {
     )
 }
 
+/// A `finishReason` that says the model's tool call failed (`MALFORMED_FUNCTION_CALL`, ...):
+/// no finish reason of another dialect says so, and "stop" would hide it, so the answer is
+/// refused with this message.
+pub fn failed_call(reason: &str) -> Option<String> {
+    matches!(
+        reason,
+        "MALFORMED_FUNCTION_CALL" | "UNEXPECTED_TOOL_CALL" | "TOO_MANY_TOOL_CALLS"
+    )
+    .then(|| {
+        format!("the model's tool call failed (Gemini finishReason {reason}); no other dialect can say so")
+    })
+}
+
 /// `finishReason` -> canonical. `STOP` after function calls is a tool-use finish; the callers
 /// that see the calls decide that.
 pub fn finish_of(reason: &str) -> Finish {

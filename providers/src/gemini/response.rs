@@ -61,6 +61,13 @@ pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
         return Err(bad("an answer with more than one candidate (candidateCount > 1)"));
     }
     let (parts, finish) = match candidates.and_then(|c| c.first()) {
+        Some(c)
+            if let Some(why) = field(c, "finishReason", "finish_reason")
+                .and_then(Value::as_str)
+                .and_then(super::failed_call) =>
+        {
+            return Err(bad(why));
+        }
         Some(c) => (
             parts_of(c.get("content").unwrap_or(&Value::Null), &mut calls)?,
             field(c, "finishReason", "finish_reason")

@@ -75,6 +75,13 @@ impl Decoder {
             }
         }
         if let Some(f) = field(c, "finishReason", "finish_reason").and_then(Value::as_str) {
+            if let Some(why) = super::failed_call(f) {
+                return Err(StreamError::Upstream(crate::canonical::ApiError {
+                    status: 502,
+                    kind: crate::canonical::ErrorKind::Api,
+                    message: why,
+                }));
+            }
             self.parts.finish(Some(finish_of(f)), self.usage, out);
         }
         Ok(())
