@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -151,33 +151,82 @@ pub fn usage_json(u: &Usage) -> Value {
     })
 }
 
+/// Encodes a canonical response as a `message`, written from typed structs (no JSON tree).
+/// A tool call's arguments are an object here: `translate::response` refuses others.
 pub fn encode(r: &Response) -> Vec<u8> {
-    let mut content = Vec::new();
+    let mut content = Vec::with_capacity(r.parts.len());
     for p in &r.parts {
-        match p {
-            Part::Text(t) => content.push(json!({"type": "text", "text": t.text})),
-            Part::ToolCall { id, name, arguments } => {
-                let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
-                content.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
-            }
-            Part::Thinking { text, signature } => {
-                content.push(json!({"type": "thinking", "thinking": text, "signature": signature.as_deref().unwrap_or("")}));
-            }
-            Part::RedactedThinking { data } => {
-                content.push(json!({"type": "redacted_thinking", "data": data}))
-            }
-            _ => {}
-        }
+        content.push(match p {
+            Part::Text(t) => WireBlockOut::Text { text: &t.text },
+            Part::ToolCall { id, name, arguments } => WireBlockOut::ToolUse {
+                id,
+                name,
+                input: serde_json::from_str(arguments).unwrap_or_else(|_| Value::Object(Default::default())),
+            },
+            Part::Thinking { text, signature } => WireBlockOut::Thinking {
+                thinking: text,
+                signature: signature.as_deref().unwrap_or(""),
+            },
+            Part::RedactedThinking { data } => WireBlockOut::RedactedThinking { data },
+            _ => continue,
+        });
     }
-    let v = json!({
-        "id": r.id,
-        "type": "message",
-        "role": "assistant",
-        "model": r.model,
-        "content": content,
-        "stop_reason": r.finish.map(finish_name).unwrap_or("end_turn"),
-        "stop_sequence": r.stop_sequence,
-        "usage": usage_json(&r.usage.unwrap_or_default()),
-    });
-    serde_json::to_vec(&v).unwrap_or_default()
+    let u = r.usage.unwrap_or_default();
+    let out = WireMessageOut {
+        id: &r.id,
+        ty: "message",
+        role: "assistant",
+        model: &r.model,
+        content,
+        stop_reason: r.finish.map(finish_name).unwrap_or("end_turn"),
+        stop_sequence: r.stop_sequence.as_deref(),
+        usage: WireUsageOut {
+            input_tokens: u.input,
+            output_tokens: u.output,
+            cache_creation_input_tokens: u.cache_write,
+            cache_read_input_tokens: u.cached_input,
+        },
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct WireMessageOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<WireBlockOut<'a>>,
+    stop_reason: &'static str,
+    stop_sequence: Option<&'a str>,
+    usage: WireUsageOut,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlockOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Value,
+    },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct WireUsageOut {
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
 }

@@ -1,71 +1,164 @@
 //! OpenAI Chat Completions answers (`chat.completion`) <-> the canonical response, and the
 //! usage and finish-reason vocabularies both directions share with the stream codec.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::canonical::{Finish, Part, Response, Usage};
 use crate::codec::{DecodeError, bad, unix_now};
 
-/// Decodes a `chat.completion` (its first choice: translated calls ask for one).
+/// Decodes a `chat.completion` (its first choice: translated calls ask for one), read into
+/// structs that borrow from `body` (no JSON tree).
 pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let v: WireCompletionIn<'_> =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not a chat.completion: {e}")))?;
     let choice = v
-        .get("choices")
-        .and_then(|c| c.get(0))
+        .choices
+        .into_iter()
+        .next()
         .ok_or_else(|| bad("a chat.completion without choices"))?;
-    let msg = choice.get("message").unwrap_or(&Value::Null);
+    let msg = choice.message.unwrap_or_default();
+    let owned = |t: Option<Cow<'_, str>>| t.map(Cow::into_owned).unwrap_or_default();
     let mut parts = Vec::new();
-    if let Some(t) = msg
-        .get("reasoning_content")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-    {
+    if let Some(t) = msg.reasoning_content.filter(|t| !t.is_empty()) {
         parts.push(Part::Thinking {
-            text: t.into(),
+            text: t.into_owned(),
             signature: None,
         });
     }
-    match msg.get("content") {
-        Some(Value::String(s)) if !s.is_empty() => parts.push(Part::Text(crate::canonical::Text {
-            text: s.clone(),
-            cache: None,
-        })),
-        _ => {}
+    // Compatible servers send `content` as a string, null, or (some) an array of parts: only a
+    // string is text here, as before.
+    if let Some(raw) = msg.content.filter(|r| r.get().starts_with('"')) {
+        let text: String = serde_json::from_str(raw.get()).map_err(|e| bad(format!("`content`: {e}")))?;
+        if !text.is_empty() {
+            parts.push(Part::Text(crate::canonical::Text { text, cache: None }));
+        }
     }
-    if let Some(r) = msg.get("refusal").and_then(Value::as_str) {
+    let refused = msg.refusal.is_some();
+    if let Some(r) = msg.refusal {
         parts.push(Part::Text(crate::canonical::Text {
-            text: r.into(),
+            text: r.into_owned(),
             cache: None,
         }));
     }
-    for c in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let f = c.get("function").unwrap_or(&Value::Null);
+    for c in msg.tool_calls.into_iter().flatten() {
+        let f = c.function.unwrap_or_default();
         parts.push(Part::ToolCall {
-            id: c.get("id").and_then(Value::as_str).unwrap_or("").into(),
-            name: f.get("name").and_then(Value::as_str).unwrap_or("").into(),
-            arguments: f.get("arguments").and_then(Value::as_str).unwrap_or("{}").into(),
+            id: owned(c.id),
+            name: owned(f.name),
+            // The arguments as the model wrote them: JSON text in a string, or (from some
+            // compatible servers) the object itself.
+            arguments: match f.arguments {
+                None => "{}".into(),
+                Some(raw) if raw.get().starts_with('"') => {
+                    serde_json::from_str(raw.get()).map_err(|e| bad(format!("`arguments`: {e}")))?
+                }
+                Some(raw) => raw.get().to_owned(),
+            },
         });
     }
-    let refused = msg.get("refusal").is_some_and(|r| r.is_string());
     Ok(Response {
-        id: v.get("id").and_then(Value::as_str).unwrap_or("").into(),
-        model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
+        id: owned(v.id),
+        model: owned(v.model),
         parts,
-        finish: match choice.get("finish_reason").and_then(Value::as_str) {
+        finish: match choice.finish_reason.as_deref() {
             _ if refused => Some(Finish::ContentFilter),
             Some(f) => Some(finish_of(f)),
             None => None,
         },
         stop_sequence: None,
-        usage: v.get("usage").map(usage_of),
-        created: v.get("created").and_then(Value::as_u64),
+        usage: v.usage.map(Into::into),
+        created: v.created,
     })
+}
+
+#[derive(Deserialize)]
+struct WireCompletionIn<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    created: Option<u64>,
+    #[serde(borrow, default)]
+    choices: Vec<WireChoiceIn<'a>>,
+    usage: Option<WireUsageIn>,
+}
+
+#[derive(Deserialize)]
+struct WireChoiceIn<'a> {
+    #[serde(borrow)]
+    message: Option<WireMessageIn<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireMessageIn<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<WireCallIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct WireCallIn<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    function: Option<WireFunctionIn<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireFunctionIn<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// OpenAI's usage object as an answer carries it.
+#[derive(Deserialize)]
+struct WireUsageIn {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<CachedIn>,
+    completion_tokens_details: Option<ReasoningIn>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CachedIn {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReasoningIn {
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<WireUsageIn> for Usage {
+    fn from(u: WireUsageIn) -> Usage {
+        let prompt = u.prompt_tokens.unwrap_or(0);
+        let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        let cache_write = u.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            input: prompt.saturating_sub(cached).saturating_sub(cache_write),
+            output: u.completion_tokens.unwrap_or(0),
+            cached_input: cached,
+            cache_write,
+            reasoning: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
 }
 
 pub fn finish_of(reason: &str) -> Finish {
