@@ -1,24 +1,35 @@
 //! Anthropic Messages requests (`POST /v1/messages`) <-> the canonical request.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::canonical::{
     Cache, Losses, Message, OutputFormat, Part, Reasoning, Request, Role, Source, Text, Tool, ToolChoice,
 };
-use crate::codec::{DecodeError, bad, cache_of, opt_f64, opt_str, opt_u64, text_of};
+use crate::codec::{DecodeError, bad, cache_of, fields, opt_f64, opt_str, opt_u64, text_of, tree};
 
 /// `max_tokens` is required by Anthropic; a translated call that gives none gets this.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let Value::Object(top) = v else {
-        return Err(bad("the body must be a JSON object"));
-    };
+    // Members one by one (a member given twice is refused), the conversation's messages into
+    // typed structs; what needs a tree gets one.
+    let top = fields(body).map_err(|e| match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => e,
+        _ => bad("the body must be a JSON object"),
+    })?;
     let mut r = Request::default();
-    for (key, value) in &top {
-        match key.as_str() {
+    for (key, raw) in &top {
+        let key: &str = key;
+        if key == "messages" {
+            decode_messages(raw, &mut r, losses)?;
+            continue;
+        }
+        let value = &tree(raw)?;
+        match key {
             "model" => r.model = text_of(value, "model")?,
             "system" => {
                 r.system = match value {
@@ -39,7 +50,6 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
                     _ => return Err(bad("`system` must be a string or an array of text blocks")),
                 }
             }
-            "messages" => decode_messages(value, &mut r, losses)?,
             "tools" => r.tools = decode_tools(value, losses)?,
             "tool_choice" => {
                 let (choice, parallel) = decode_tool_choice(value)?;
@@ -92,7 +102,7 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
             }
             "service_tier" | "context_management" => {
                 if !value.is_null() {
-                    losses.hint(key.as_str(), "an Anthropic-only setting, not sent");
+                    losses.hint(key, "an Anthropic-only setting, not sent");
                 }
             }
             other => losses.meaning(other, "a field this gateway does not translate"),
@@ -104,12 +114,14 @@ pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> 
     Ok(r)
 }
 
-fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Result<(), DecodeError> {
-    let Value::Array(list) = value else {
+fn decode_messages(raw: &RawValue, r: &mut Request, losses: &mut Losses) -> Result<(), DecodeError> {
+    if !raw.get().starts_with('[') {
         return Err(bad("`messages` must be an array"));
-    };
-    for (i, m) in list.iter().enumerate() {
-        let role = match m.get("role").and_then(Value::as_str) {
+    }
+    let list: Vec<WireMessageIn<'_>> =
+        serde_json::from_str(raw.get()).map_err(|e| bad(format!("`messages`: {e}")))?;
+    for (i, m) in list.into_iter().enumerate() {
+        let role = match m.role.as_deref() {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
             other => {
@@ -119,12 +131,17 @@ fn decode_messages(value: &Value, r: &mut Request, losses: &mut Losses) -> Resul
                 )));
             }
         };
-        let parts = match m.get("content") {
-            Some(Value::String(s)) => vec![Part::Text(Text {
-                text: s.clone(),
-                cache: None,
-            })],
-            Some(Value::Array(blocks)) => blocks
+        let content = match m.content {
+            // A plain string (most turns of a simple conversation) without a tree.
+            Some(raw) if raw.get().starts_with('"') => Value::String(
+                serde_json::from_str(raw.get()).map_err(|e| bad(format!("messages[{i}].content: {e}")))?,
+            ),
+            Some(raw) => tree(raw)?,
+            None => Value::Null,
+        };
+        let parts = match content {
+            Value::String(text) => vec![Part::Text(Text { text, cache: None })],
+            Value::Array(blocks) => blocks
                 .iter()
                 .map(|b| block(b, i, losses))
                 .collect::<Result<Vec<_>, _>>()?
@@ -417,6 +434,15 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
         metadata: r.user.as_deref().map(|user_id| WireMetadata { user_id }),
     };
     serde_json::to_vec(&out).map_err(|e| bad(e.to_string()))
+}
+
+/// One of `messages`, as the decoder reads it.
+#[derive(Deserialize)]
+struct WireMessageIn<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
 }
 
 /// A Messages request, written from typed structs straight to bytes (no JSON tree).
