@@ -33,7 +33,10 @@ pub fn bad(msg: impl Into<String>) -> DecodeError {
 /// provider would read is not ours to guess.
 pub fn fields(body: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, DecodeError> {
     let Fields(mut fields) =
-        serde_json::from_slice(body).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => bad(format!("not a JSON object: {e}")),
+            _ => bad("the body must be a JSON object"),
+        })?;
     fields.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = fields.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(bad(format!("`{}` is given twice", w[0].0)));
@@ -44,6 +47,17 @@ pub fn fields(body: &[u8]) -> Result<Vec<(Cow<'_, str>, &RawValue)>, DecodeError
 /// A member's value as a tree, for the readers that walk one.
 pub fn tree(raw: &RawValue) -> Result<Value, DecodeError> {
     serde_json::from_str(raw.get()).map_err(|e| bad(format!("not JSON: {e}")))
+}
+
+/// A member's value when it is a JSON string (a message's plain-text content, say), read
+/// without a tree; `None` for any other value.
+pub fn plain_text(raw: &RawValue, field: &str) -> Result<Option<String>, DecodeError> {
+    if !raw.get().starts_with('"') {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get())
+        .map(Some)
+        .map_err(|e| bad(format!("`{field}`: {e}")))
 }
 
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);

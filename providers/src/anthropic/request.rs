@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use crate::canonical::{
     Cache, Losses, Message, OutputFormat, Part, Reasoning, Request, Role, Source, Text, Tool, ToolChoice,
 };
-use crate::codec::{DecodeError, bad, cache_of, fields, opt_f64, opt_str, opt_u64, text_of, tree};
+use crate::codec::{
+    DecodeError, bad, cache_of, fields, opt_f64, opt_str, opt_u64, plain_text, text_of, tree,
+};
 
 /// `max_tokens` is required by Anthropic; a translated call that gives none gets this.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -17,10 +19,7 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> {
     // Members one by one (a member given twice is refused), the conversation's messages into
     // typed structs; what needs a tree gets one.
-    let top = fields(body).map_err(|e| match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => e,
-        _ => bad("the body must be a JSON object"),
-    })?;
+    let top = fields(body)?;
     let mut r = Request::default();
     for (key, raw) in &top {
         let key: &str = key;
@@ -131,12 +130,12 @@ fn decode_messages(raw: &RawValue, r: &mut Request, losses: &mut Losses) -> Resu
                 )));
             }
         };
+        // A plain string (most turns of a simple conversation) without a tree.
         let content = match m.content {
-            // A plain string (most turns of a simple conversation) without a tree.
-            Some(raw) if raw.get().starts_with('"') => Value::String(
-                serde_json::from_str(raw.get()).map_err(|e| bad(format!("messages[{i}].content: {e}")))?,
-            ),
-            Some(raw) => tree(raw)?,
+            Some(raw) => match plain_text(raw, "messages[].content")? {
+                Some(text) => Value::String(text),
+                None => tree(raw)?,
+            },
             None => Value::Null,
         };
         let parts = match content {
@@ -321,32 +320,7 @@ pub fn tool_id(id: &str) -> String {
 }
 
 pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> {
-    let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(r.messages.len());
-    for m in &r.messages {
-        let mut content = Vec::with_capacity(m.parts.len());
-        // Tool results lead a user turn; thinking leads an assistant turn.
-        let mut ordered: Vec<&Part> = m.parts.iter().collect();
-        ordered.sort_by_key(|p| match p {
-            Part::ToolResult { .. } | Part::Thinking { .. } | Part::RedactedThinking { .. } => 0,
-            _ => 1,
-        });
-        for p in ordered {
-            if let Some(b) = encode_part(p, losses)? {
-                content.push(b);
-            }
-        }
-        if content.is_empty() {
-            continue;
-        }
-        let role = match m.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        match messages.last_mut() {
-            Some(last) if last.role == role => last.content.extend(content),
-            _ => messages.push(WireMessage { role, content }),
-        }
-    }
+    let messages = encode_messages(r, losses)?;
     let tools: Vec<WireTool<'_>> = r
         .tools
         .iter()
@@ -385,6 +359,61 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
             "Anthropic has no JSON mode on this surface; the answer would not be held to it",
         );
     }
+    let (thinking, max_tokens) = thinking(r, losses);
+    if r.seed.is_some() {
+        losses.meaning("seed", "Anthropic has no sampling seed");
+    }
+    let out = WireRequest {
+        model: &r.model,
+        max_tokens,
+        system: r.system.iter().map(text_block).collect(),
+        messages,
+        tools,
+        tool_choice,
+        stop_sequences: &r.stop,
+        temperature: r.temperature,
+        top_p: r.top_p,
+        top_k: r.top_k,
+        stream: r.stream,
+        thinking,
+        metadata: r.user.as_deref().map(|user_id| WireMetadata { user_id }),
+    };
+    serde_json::to_vec(&out).map_err(|e| bad(e.to_string()))
+}
+
+/// The conversation as Anthropic's alternating turns: consecutive messages of one role merge.
+fn encode_messages<'a>(r: &'a Request, losses: &mut Losses) -> Result<Vec<WireMessage<'a>>, DecodeError> {
+    let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(r.messages.len());
+    for m in &r.messages {
+        let mut content = Vec::with_capacity(m.parts.len());
+        // Tool results lead a user turn; thinking leads an assistant turn.
+        let mut ordered: Vec<&Part> = m.parts.iter().collect();
+        ordered.sort_by_key(|p| match p {
+            Part::ToolResult { .. } | Part::Thinking { .. } | Part::RedactedThinking { .. } => 0,
+            _ => 1,
+        });
+        for p in ordered {
+            if let Some(b) = encode_part(p, losses)? {
+                content.push(b);
+            }
+        }
+        if content.is_empty() {
+            continue;
+        }
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        match messages.last_mut() {
+            Some(last) if last.role == role => last.content.extend(content),
+            _ => messages.push(WireMessage { role, content }),
+        }
+    }
+    Ok(messages)
+}
+
+/// The thinking budget a reasoning setting asks for, and the `max_tokens` it must fit under.
+fn thinking(r: &Request, losses: &mut Losses) -> (Option<WireThinking>, u64) {
     let mut max_tokens = r.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let mut thinking = None;
     if let Some(reasoning) = &r.reasoning {
@@ -415,25 +444,7 @@ pub fn encode(r: &Request, losses: &mut Losses) -> Result<Vec<u8>, DecodeError> 
             }
         }
     }
-    if r.seed.is_some() {
-        losses.meaning("seed", "Anthropic has no sampling seed");
-    }
-    let out = WireRequest {
-        model: &r.model,
-        max_tokens,
-        system: r.system.iter().map(text_block).collect(),
-        messages,
-        tools,
-        tool_choice,
-        stop_sequences: &r.stop,
-        temperature: r.temperature,
-        top_p: r.top_p,
-        top_k: r.top_k,
-        stream: r.stream,
-        thinking,
-        metadata: r.user.as_deref().map(|user_id| WireMetadata { user_id }),
-    };
-    serde_json::to_vec(&out).map_err(|e| bad(e.to_string()))
+    (thinking, max_tokens)
 }
 
 /// One of `messages`, as the decoder reads it.

@@ -9,16 +9,15 @@ use serde_json::{Map, Value, json};
 use crate::canonical::{
     Cache, Losses, Message, OutputFormat, Part, Reasoning, Request, Role, Source, Text, Tool, ToolChoice,
 };
-use crate::codec::{DecodeError, bad, cache_of, fields, opt_f64, opt_str, opt_u64, text_of, tree};
+use crate::codec::{
+    DecodeError, bad, cache_of, fields, opt_f64, opt_str, opt_u64, plain_text, text_of, tree,
+};
 
 /// Decodes a Chat Completions request. What has no canonical place is added to `losses`.
 pub fn decode(body: &[u8], losses: &mut Losses) -> Result<Request, DecodeError> {
     // Members are read one by one from the body, the conversation into typed structs; only
     // the members that need one are parsed into a tree.
-    let top = fields(body).map_err(|e| match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => e,
-        _ => bad("the body must be a JSON object"),
-    })?;
+    let top = fields(body)?;
     let mut r = Request::default();
     for (key, raw) in &top {
         let key: &str = key;
@@ -246,13 +245,14 @@ fn opt_tree(raw: Option<&RawValue>) -> Result<Value, DecodeError> {
 
 /// A message's `content`; a plain string (most of every conversation) without a tree.
 fn message_content(raw: Option<&RawValue>, i: usize, losses: &mut Losses) -> Result<Vec<Part>, DecodeError> {
-    match raw {
-        Some(raw) if raw.get().starts_with('"') => {
-            let text: String = serde_json::from_str(raw.get()).map_err(|e| bad(format!("not JSON: {e}")))?;
-            Ok(vec![Part::Text(Text { text, cache: None })])
-        }
-        raw => content_parts(Some(&opt_tree(raw)?), i, losses),
+    if let Some(text) = raw
+        .map(|r| plain_text(r, "messages[].content"))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(vec![Part::Text(Text { text, cache: None })]);
     }
+    content_parts(Some(&opt_tree(raw)?), i, losses)
 }
 
 /// Appends to the last message when it has the same role (tool results and the user's next

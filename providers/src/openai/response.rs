@@ -8,7 +8,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::canonical::{Finish, Part, Response, Usage};
-use crate::codec::{DecodeError, bad, unix_now};
+use crate::codec::{DecodeError, bad, plain_text, unix_now};
 
 /// Decodes a `chat.completion` (its first choice: translated calls ask for one), read into
 /// structs that borrow from `body` (no JSON tree).
@@ -31,11 +31,14 @@ pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
     }
     // Compatible servers send `content` as a string, null, or (some) an array of parts: only a
     // string is text here, as before.
-    if let Some(raw) = msg.content.filter(|r| r.get().starts_with('"')) {
-        let text: String = serde_json::from_str(raw.get()).map_err(|e| bad(format!("`content`: {e}")))?;
-        if !text.is_empty() {
-            parts.push(Part::Text(crate::canonical::Text { text, cache: None }));
-        }
+    if let Some(text) = msg
+        .content
+        .map(|r| plain_text(r, "content"))
+        .transpose()?
+        .flatten()
+        && !text.is_empty()
+    {
+        parts.push(Part::Text(crate::canonical::Text { text, cache: None }));
     }
     let refused = msg.refusal.is_some();
     if let Some(r) = msg.refusal {
@@ -53,10 +56,7 @@ pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
             // compatible servers) the object itself.
             arguments: match f.arguments {
                 None => "{}".into(),
-                Some(raw) if raw.get().starts_with('"') => {
-                    serde_json::from_str(raw.get()).map_err(|e| bad(format!("`arguments`: {e}")))?
-                }
-                Some(raw) => raw.get().to_owned(),
+                Some(raw) => plain_text(raw, "arguments")?.unwrap_or_else(|| raw.get().to_owned()),
             },
         });
     }
