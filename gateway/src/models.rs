@@ -22,7 +22,7 @@ pub(crate) fn model_object(
             let obj = match dialect {
                 Dialect::Anthropic => anthropic_model(name),
                 Dialect::OpenAi | Dialect::Gemini | Dialect::Ollama => {
-                    openai_model(name, &target.upstream.name)
+                    openai_model(name, &target.primary().upstream.name)
                 }
             };
             plain(
@@ -49,7 +49,7 @@ fn anthropic_model(name: &str) -> serde_json::Value {
 pub(crate) fn model_lists(router: &Router) -> (Bytes, Bytes) {
     let openai: Vec<_> = router
         .listed()
-        .map(|(n, t)| openai_model(n, &t.upstream.name))
+        .map(|(n, t)| openai_model(n, &t.primary().upstream.name))
         .collect();
     let anthropic: Vec<_> = router.listed().map(|(n, _)| anthropic_model(n)).collect();
     let first = router.listed().next().map(|(n, _)| n);

@@ -1,5 +1,5 @@
-//! Model routing: a model name (or alias) resolves to a route target: an upstream and the model
-//! name to send it.
+//! Model routing: a model name (or alias) resolves to a [`Route`]: ordered groups of
+//! [`Deployment`]s, each an upstream and the model name to send it.
 //!
 //! Resolution order: exact names and aliases first, then prefix patterns (`gpt-*`), longest
 //! prefix first, then the catch-all `*`. The first match wins; there is no regex on this path.
@@ -11,20 +11,34 @@ use crate::config::Config;
 pub use crate::pattern::Pattern;
 use crate::upstream::Upstream;
 
-/// Where a model goes.
+/// One place a model can be served: an upstream, and the name the model has there.
 #[derive(Debug)]
-pub struct RouteTarget {
+pub struct Deployment {
     pub upstream: Arc<Upstream>,
     /// The model name to send upstream, when the route renames it.
     pub upstream_model: Option<Box<str>>,
 }
 
+/// Where a model goes: groups of deployments, tried in order.
+#[derive(Debug)]
+pub struct Route {
+    /// Never empty, and no group is empty.
+    groups: Box<[Box<[Arc<Deployment>]>]>,
+}
+
+impl Route {
+    /// The deployment a call tries first.
+    pub fn primary(&self) -> &Arc<Deployment> {
+        &self.groups[0][0]
+    }
+}
+
 pub struct Router {
-    exact: HashMap<Box<str>, Arc<RouteTarget>>,
+    exact: HashMap<Box<str>, Arc<Route>>,
     /// Longest prefix first.
-    prefixes: Vec<(Box<str>, Arc<RouteTarget>)>,
+    prefixes: Vec<(Box<str>, Arc<Route>)>,
     /// Concrete names (exact routes and aliases) in config order, for `GET /v1/models`.
-    listed: Vec<(Box<str>, Arc<RouteTarget>)>,
+    listed: Vec<(Box<str>, Arc<Route>)>,
 }
 
 impl Router {
@@ -33,9 +47,11 @@ impl Router {
         let mut prefixes = Vec::new();
         let mut listed = Vec::new();
         for r in &config.routes {
-            let target = Arc::new(RouteTarget {
-                upstream: upstreams[r.upstream].clone(),
-                upstream_model: r.upstream_model.as_deref().map(Into::into),
+            let target = Arc::new(Route {
+                groups: Box::new([Box::new([Arc::new(Deployment {
+                    upstream: upstreams[r.upstream].clone(),
+                    upstream_model: r.upstream_model.as_deref().map(Into::into),
+                })])]),
             });
             match Pattern::new(&r.model) {
                 Pattern::Exact(name) => {
@@ -57,7 +73,7 @@ impl Router {
         }
     }
 
-    pub fn resolve(&self, model: &str) -> Option<&Arc<RouteTarget>> {
+    pub fn resolve(&self, model: &str) -> Option<&Arc<Route>> {
         self.exact.get(model).or_else(|| {
             self.prefixes
                 .iter()
@@ -67,7 +83,7 @@ impl Router {
     }
 
     /// The concrete model names a client can list.
-    pub fn listed(&self) -> impl Iterator<Item = (&str, &RouteTarget)> {
+    pub fn listed(&self) -> impl Iterator<Item = (&str, &Route)> {
         self.listed.iter().map(|(n, t)| (&**n, &**t))
     }
 }
@@ -111,14 +127,14 @@ mod tests {
             .map(|u| Arc::new(Upstream::new(u).unwrap()))
             .collect();
         let r = Router::new(&cfg, &ups);
-        let name = |m: &str| r.resolve(m).map(|t| t.upstream.name.to_string());
+        let name = |m: &str| r.resolve(m).map(|t| t.primary().upstream.name.to_string());
         assert_eq!(name("gpt-4o-mini").as_deref(), Some("c"));
         assert_eq!(name("mini").as_deref(), Some("c"));
         assert_eq!(name("gpt-4o-2024").as_deref(), Some("b"));
         assert_eq!(name("gpt-3.5").as_deref(), Some("a"));
         assert_eq!(name("llama").as_deref(), Some("c"));
         assert_eq!(
-            r.resolve("mini").unwrap().upstream_model.as_deref(),
+            r.resolve("mini").unwrap().primary().upstream_model.as_deref(),
             Some("real-mini")
         );
         let listed: Vec<_> = r.listed().map(|(n, _)| n.to_string()).collect();

@@ -30,7 +30,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::config::Config;
 pub use crate::identity::Principal;
-use crate::router::RouteTarget;
+use crate::router::Deployment;
 
 /// What the connection tells about the caller (filled once per connection).
 #[derive(Debug, Default)]
@@ -100,10 +100,10 @@ pub struct Call<'a> {
     pub session: &'a str,
     pub conn: &'a ConnInfo,
     pub request_id: &'a str,
-    /// The route the model resolves to, if any. Resolved before the gates because policy reads
-    /// the provider; an unknown model is reported only after the gates pass, so a caller who
-    /// may not call at all cannot probe which models exist.
-    pub route: Option<&'a RouteTarget>,
+    /// The deployment the model's route tries first, if the model routes. Resolved before the
+    /// gates because policy reads the provider; an unknown model is reported only after the
+    /// gates pass, so a caller who may not call at all cannot probe which models exist.
+    pub route: Option<&'a Deployment>,
     /// Set by the identity gate; `None` when no identity method is configured.
     pub principal: Option<Arc<Principal>>,
     /// A policy obligation: call this model instead (re-routed before Execute).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::{Call, Denial, Gate};
-use crate::router::{Pattern, RouteTarget, Router};
+use crate::router::{Deployment, Pattern, Router};
 
 /// What a locked principal may reach. `None`: that side is not locked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl ModelLock {
     }
 
     /// The upstream, by its provider kind (`openai`, `anthropic`, `mock`) or its name.
-    pub fn admits_upstream(&self, target: &RouteTarget) -> bool {
+    pub fn admits_upstream(&self, target: &Deployment) -> bool {
         let u = &target.upstream;
         self.providers
             .as_ref()
@@ -59,7 +59,7 @@ impl ModelLock {
     }
 
     /// `asked` (the model asked for, or the policy's override) and where it routes.
-    pub fn admits(&self, asked: &str, target: Option<&RouteTarget>) -> Result<(), String> {
+    pub fn admits(&self, asked: &str, target: Option<&Deployment>) -> Result<(), String> {
         if !self.admits_model(asked) {
             return Err(format!("this caller is locked to other models than `{asked}`"));
         }
@@ -95,7 +95,7 @@ impl Gate for ModelLockGate {
             return Ok(());
         };
         let (asked, target) = match &call.model_override {
-            Some(m) => (m.as_str(), self.0.resolve(m).map(|t| &**t)),
+            Some(m) => (m.as_str(), self.0.resolve(m).map(|t| &**t.primary())),
             None => (call.view.model.as_ref(), call.route),
         };
         lock.admits(asked, target).map_err(|message| Denial {

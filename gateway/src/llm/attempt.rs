@@ -67,7 +67,7 @@ pub async fn attempt(
     mut headers: HeaderMap,
     rid: &HeaderValue,
 ) -> Result<Answer, AttemptError> {
-    let upstream = &plan.route.upstream;
+    let upstream = &plan.deployment.upstream;
     let t = match &upstream.target {
         Target::Mock(opts) => {
             let renamed;

@@ -28,7 +28,7 @@ use crate::body::{AccessLog, ResponseBody};
 use crate::gates::{Call, ConnInfo};
 use crate::reply::{Rejection, audit_refused, reject};
 use crate::request::read_framed_body;
-use crate::router::RouteTarget;
+use crate::router::{Deployment, Route};
 use crate::state::State;
 
 /// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
@@ -66,7 +66,7 @@ async fn intake(
 
 /// Phase 3's result: where the call goes and what it sends.
 pub struct Plan {
-    pub route: Arc<RouteTarget>,
+    pub deployment: Arc<Deployment>,
     /// The name the upstream gets, when it is not the name asked: the route's rename, else the
     /// policy's override.
     pub send_model: Option<Box<str>>,
@@ -140,7 +140,7 @@ pub async fn serve(
         session,
         conn,
         request_id: request_id.to_str().unwrap_or("-"),
-        route: route.map(|r| &**r),
+        route: route.map(|r| &**r.primary()),
         principal: None,
         model_override: None,
         policy_sha256: None,
@@ -188,7 +188,7 @@ pub async fn serve(
             return reject(rej, dialect, rid, log);
         }
     };
-    let upstream = &plan.route.upstream;
+    let upstream = &plan.deployment.upstream;
     log.upstream = Some(upstream.name.clone());
     // The decision record goes to the writer now; its sync overlaps the upstream call, and the
     // response waits for it (in `respond`).
@@ -277,7 +277,7 @@ async fn denied(
 fn plan(
     state: &State,
     call: &mut Call<'_>,
-    route: Option<&Arc<RouteTarget>>,
+    route: Option<&Arc<Route>>,
     surface: Surface,
     bytes: &Bytes,
     view: &CallView<'_>,
@@ -296,7 +296,7 @@ fn plan(
         Some(m) => state.router.resolve(m),
         None => route,
     };
-    let Some(route) = route.cloned() else {
+    let Some(route) = route.map(|r| r.primary().clone()) else {
         let model = override_model.unwrap_or_else(|| view.model.to_string());
         return Err(Rejection::UnknownModel(model));
     };
@@ -329,7 +329,7 @@ fn plan(
         body
     };
     Ok(Plan {
-        route,
+        deployment: route,
         send_model,
         body,
         ask_usage,
@@ -343,7 +343,7 @@ fn plan(
 /// `[translation]` does not let it be dropped.
 fn translated(
     state: &State,
-    route: Arc<RouteTarget>,
+    route: Arc<Deployment>,
     surface: Surface,
     body: &[u8],
     view: &CallView<'_>,
@@ -379,7 +379,7 @@ fn translated(
             },
         })?;
     Ok(Plan {
-        route,
+        deployment: route,
         send_model,
         body: Bytes::from(t.body),
         // A translated OpenAI stream always asks for its usage; the transcoder decides what the

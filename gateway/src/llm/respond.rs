@@ -58,7 +58,7 @@ pub async fn respond(
             Response::from_parts(parts, ResponseBody::mock(reply.body).with_log(log))
         }
         Answer::Http { response, timeout } => {
-            let upstream = &plan.route.upstream.name;
+            let upstream = &plan.deployment.upstream.name;
             let (mut rp, body) = response.into_parts();
             strip_hop_by_hop(&mut rp.headers);
             rp.headers.insert(X_REQUEST_ID, rid.clone());
