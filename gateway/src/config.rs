@@ -93,6 +93,8 @@ struct RawConfig {
     tools: crate::content::tools::ToolsConfig,
     #[serde(default)]
     translation: crate::translation::RawTranslation,
+    #[serde(default)]
+    failover: crate::failover::RawFailover,
 }
 
 #[derive(Debug, Deserialize)]
@@ -463,11 +465,47 @@ fn default_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     model: String,
-    upstream: String,
+    /// The one deployment of the first group (with `upstream_model`), or `groups`.
+    #[serde(default)]
+    upstream: Option<String>,
     #[serde(default)]
     upstream_model: Option<String>,
     #[serde(default)]
+    groups: Vec<RawGroup>,
+    /// Groups of one deployment each, after the others.
+    #[serde(default)]
+    fallbacks: Vec<RawDeployment>,
+    #[serde(default)]
     aliases: Vec<String>,
+    #[serde(default)]
+    failover: Option<crate::failover::RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    upstream: String,
+    /// The model name there; the name asked for when absent.
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    /// Overrides the upstream's `timeout_ms` for the response head.
+    #[serde(default)]
+    first_byte_timeout_ms: Option<u64>,
+    /// The price of this deployment: the same as `[prices."UPSTREAM/MODEL"]`.
+    #[serde(default)]
+    price: Option<crate::budget::prices::RawPrice>,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -510,6 +548,8 @@ pub struct Config {
     pub tools: crate::content::tools::ToolsConfig,
     /// `[translation]`: what a translated call does with fields its target cannot carry.
     pub translation: lattice_providers::translate::Rules,
+    /// `[failover]`: the routes' default failover rules, the retry budget and the breaker.
+    pub failover: crate::failover::FailoverConfig,
 }
 
 #[derive(Debug)]
@@ -562,10 +602,20 @@ pub struct UpstreamConfig {
 pub struct RouteConfig {
     /// An exact name, a prefix pattern ending in `*`, or `*`.
     pub model: String,
+    /// Tried in order; never empty, nor is any group.
+    pub groups: Vec<Vec<DeploymentConfig>>,
+    pub aliases: Vec<String>,
+    pub failover: crate::failover::Policy,
+}
+
+#[derive(Debug)]
+pub struct DeploymentConfig {
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     pub upstream_model: Option<String>,
-    pub aliases: Vec<String>,
+    /// Its share of its group's calls (at least 1).
+    pub weight: u32,
+    pub first_byte_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -742,20 +792,13 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         });
     }
 
+    let failover = crate::failover::FailoverConfig::validate(raw.failover)?;
+    let mut prices = raw.prices;
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut seen = std::collections::HashSet::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let key = format!("routes[{i}]");
         check_pattern(&r.model).map_err(|m| bad(&format!("{key}.model"), m))?;
-        let upstream = upstreams
-            .iter()
-            .position(|u| u.name == r.upstream)
-            .ok_or_else(|| {
-                bad(
-                    &format!("{key}.upstream"),
-                    format!("no upstream named \"{}\" in [upstreams]", r.upstream),
-                )
-            })?;
         for a in &r.aliases {
             if a.is_empty() || a.contains('*') {
                 return Err(bad(
@@ -764,19 +807,121 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
                 ));
             }
         }
-        if r.upstream_model.as_deref() == Some("") {
-            return Err(bad(&format!("{key}.upstream_model"), "must not be empty".into()));
-        }
         for name in std::iter::once(&r.model).chain(&r.aliases) {
             if !seen.insert(name.clone()) {
                 return Err(bad(&key, format!("model name \"{name}\" is routed twice")));
             }
         }
+        let mut raw_groups: Vec<(String, Vec<RawDeployment>)> = Vec::new();
+        match (r.upstream, r.groups.is_empty()) {
+            (Some(upstream), true) => raw_groups.push((
+                key.clone(),
+                vec![RawDeployment {
+                    upstream,
+                    model: r.upstream_model,
+                    weight: 1,
+                    first_byte_timeout_ms: None,
+                    price: None,
+                }],
+            )),
+            (None, false) if r.upstream_model.is_none() => {
+                for (g, group) in r.groups.into_iter().enumerate() {
+                    raw_groups.push((format!("{key}.groups[{g}].deployments"), group.deployments));
+                }
+            }
+            (None, false) => {
+                return Err(bad(
+                    &format!("{key}.upstream_model"),
+                    "goes with `upstream`; a deployment in `groups` names its own `model`".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(bad(&key, "give either `upstream` or `groups`, not both".into()));
+            }
+            (None, true) => {
+                return Err(bad(
+                    &format!("{key}.upstream"),
+                    "a route needs `upstream` or `groups`".into(),
+                ));
+            }
+        }
+        for (f, d) in r.fallbacks.into_iter().enumerate() {
+            raw_groups.push((format!("{key}.fallbacks[{f}]"), vec![d]));
+        }
+        let mut groups = Vec::with_capacity(raw_groups.len());
+        for (gkey, group) in raw_groups {
+            if group.is_empty() {
+                return Err(bad(&gkey, "a group needs at least one deployment".into()));
+            }
+            if group.len() > 64 {
+                return Err(bad(&gkey, "a group has at most 64 deployments".into()));
+            }
+            let single = !gkey.contains(".groups[");
+            let mut deployments = Vec::with_capacity(group.len());
+            for (j, d) in group.into_iter().enumerate() {
+                let dkey = if single {
+                    gkey.clone()
+                } else {
+                    format!("{gkey}[{j}]")
+                };
+                let upstream = upstreams
+                    .iter()
+                    .position(|u| u.name == d.upstream)
+                    .ok_or_else(|| {
+                        bad(
+                            &format!("{dkey}.upstream"),
+                            format!("no upstream named \"{}\" in [upstreams]", d.upstream),
+                        )
+                    })?;
+                if d.model.as_deref() == Some("") {
+                    let field = if dkey == key { "upstream_model" } else { "model" };
+                    return Err(bad(&format!("{dkey}.{field}"), "must not be empty".into()));
+                }
+                if d.weight == 0 || d.weight > 1_000_000 {
+                    return Err(bad(&format!("{dkey}.weight"), "must be 1 to 1000000".into()));
+                }
+                if d.first_byte_timeout_ms == Some(0) {
+                    return Err(bad(
+                        &format!("{dkey}.first_byte_timeout_ms"),
+                        "must be greater than 0".into(),
+                    ));
+                }
+                if let Some(price) = d.price {
+                    let Some(model) = d.model.as_deref() else {
+                        return Err(bad(
+                            &format!("{dkey}.price"),
+                            "a deployment's price needs its `model`".into(),
+                        ));
+                    };
+                    let name = format!("{}/{model}", d.upstream);
+                    if prices.insert(name.clone(), price).is_some() {
+                        return Err(bad(
+                            &format!("{dkey}.price"),
+                            format!("the price of `{name}` is given twice"),
+                        ));
+                    }
+                }
+                deployments.push(DeploymentConfig {
+                    upstream,
+                    upstream_model: d.model,
+                    weight: d.weight,
+                    first_byte_timeout: d.first_byte_timeout_ms.map(Duration::from_millis),
+                });
+            }
+            groups.push(deployments);
+        }
+        let policy = match &r.failover {
+            None => failover.defaults,
+            Some(raw) => failover
+                .defaults
+                .over(raw)
+                .map_err(|(k, m)| bad(&format!("{key}.failover.{k}"), m))?,
+        };
         routes.push(RouteConfig {
             model: r.model,
-            upstream,
-            upstream_model: r.upstream_model,
+            groups,
             aliases: r.aliases,
+            failover: policy,
         });
     }
 
@@ -821,7 +966,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
             eval_timeout: Duration::from_millis(a.eval_timeout_ms),
         }),
     };
-    let budgets = crate::budget::validate(raw.budgets, raw.prices, raw.rate_limits)?;
+    let budgets = crate::budget::validate(raw.budgets, prices, raw.rate_limits)?;
     let translation = crate::translation::validate(raw.translation)?;
     let pii = crate::content::validate(raw.pii)?;
     let a = raw.audit;
@@ -883,6 +1028,7 @@ fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Config, In
         pii,
         tools: raw.tools,
         translation,
+        failover,
     })
 }
 
@@ -1220,6 +1366,47 @@ mod tests {
         let oa = c.upstreams.iter().find(|u| u.name == "oa").unwrap();
         assert!(oa.api_key.is_none(), "an empty key means no credential");
         assert_eq!(c.routes[1].aliases, vec!["d2".to_string()]);
+    }
+
+    #[test]
+    fn routes_take_groups_and_fallbacks_and_refuse_what_cannot_be_meant() {
+        let route = |body: &str| {
+            GOOD.replace(
+                "model = \"demo\"\n        upstream = \"m\"",
+                &format!("model = \"demo\"\n{body}"),
+            )
+        };
+        let c = load(&route(
+            r#"groups = [{ deployments = [{ upstream = "m", weight = 3 }, { upstream = "oa", model = "x", first_byte_timeout_ms = 50, price = { input = 1.0, output = 2.0 } }] }]
+               fallbacks = [{ upstream = "oa", model = "y" }]
+               failover = { on = ["503"], retries = 1 }"#,
+        ))
+        .unwrap();
+        let r = &c.routes[1];
+        assert_eq!(r.groups.len(), 2);
+        assert_eq!(r.groups[0][0].weight, 3);
+        assert_eq!(r.groups[0][1].first_byte_timeout, Some(Duration::from_millis(50)));
+        assert_eq!(r.groups[1][0].upstream_model.as_deref(), Some("y"));
+        assert_eq!(r.failover.retries, 1);
+        assert!(!r.failover.on.contains(crate::failover::Trigger::TooManyRequests));
+        assert!(c.budgets.prices.iter().any(|(m, _)| m == "oa/x"), "a deployment's price is oa/x's");
+
+        for (body, key, says) in [
+            ("upstream = \"m\"\ngroups = [{ deployments = [{ upstream = \"m\" }] }]", "routes[1]", "not both"),
+            ("", "routes[1].upstream", "needs `upstream` or `groups`"),
+            ("groups = [{ deployments = [] }]", "routes[1].groups[0].deployments", "at least one"),
+            ("upstream = \"m\"\nfallbacks = [{ upstream = \"zz\" }]", "routes[1].fallbacks[0].upstream", "zz"),
+            ("upstream = \"m\"\nfallbacks = [{ upstream = \"oa\", weight = 0 }]", "routes[1].fallbacks[0].weight", "1 to"),
+            ("upstream = \"m\"\nfailover = { on = [\"404\"] }", "routes[1].failover.on", "not a failover trigger"),
+            ("upstream = \"m\"\nfailover = { max_attempts = 0 }", "routes[1].failover.max_attempts", "at least 1"),
+            ("upstream = \"m\"\nfallbacks = [{ upstream = \"oa\", price = { input = 1.0, output = 1.0 } }]", "routes[1].fallbacks[0].price", "needs its `model`"),
+        ] {
+            let e = load(&route(body)).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+            assert!(e.message.contains(says), "{body}: {e}");
+        }
+        let e = load(&format!("{GOOD}\n[failover]\nbreaker = {{ window = 65 }}\n")).unwrap_err();
+        assert_eq!(e.key, "failover.breaker.window");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod content;
+pub mod failover;
 pub mod framing;
 pub mod gates;
 pub mod hex;

@@ -125,11 +125,24 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Rejection> {
 /// signing key has loaded, as no token could be checked, or once the audit log has failed, as
 /// no call can be recorded.
 fn readiness(state: &State) -> (StatusCode, Bytes) {
-    if state.policy.is_none() && state.jwks.is_none() && state.audit.is_none() {
-        return (StatusCode::OK, Bytes::from_static(b"{\"status\":\"ready\"}"));
-    }
     let mut status = StatusCode::OK;
     let mut detail = serde_json::json!({"status": "ready"});
+    // Each deployment's circuit (still ready while some are open: the others serve).
+    let mut seen = std::collections::HashSet::new();
+    let deployments: Vec<_> = state
+        .router
+        .routes()
+        .flat_map(|r| r.deployments())
+        .filter(|d| seen.insert(std::sync::Arc::as_ptr(&d.health)))
+        .map(|d| {
+            serde_json::json!({"upstream": &*d.upstream.name, "model": d.upstream_model.as_deref(),
+                               "circuit": d.health.state().as_str(), "ejected_ms": d.health.ejected_for(),
+                               "opened": d.health.opened.load(std::sync::atomic::Ordering::Relaxed)})
+        })
+        .collect();
+    if !deployments.is_empty() {
+        detail["deployments"] = deployments.into();
+    }
     if let Some(p) = &state.policy {
         let b = p.current();
         detail["policy"] = serde_json::json!({"sha256": b.sha256(), "engine": b.engine_name(),

@@ -49,6 +49,9 @@ pub(crate) enum Rejection {
     UpstreamConnect(Arc<str>),
     UpstreamTimeout(Arc<str>),
     UpstreamFailed(Arc<str>),
+    /// Every deployment of the route is ejected (its circuit open) for at least this many
+    /// seconds.
+    NoDeployment(u64),
     /// An answer the response filter had to read whole was too large or too slow.
     AnswerUnscanned(Arc<str>),
     /// The audit log cannot take the call's record: refused, never unrecorded.
@@ -87,7 +90,7 @@ impl Rejection {
             | Rejection::AnswerUnscanned(_)
             | Rejection::AnswerUntranslatable(_) => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::AuditUnavailable | Rejection::NoDeployment(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -112,6 +115,7 @@ impl Rejection {
             Rejection::UpstreamConnect(_) => "upstream_unreachable",
             Rejection::UpstreamTimeout(_) => "upstream_timeout",
             Rejection::UpstreamFailed(_) => "upstream_error",
+            Rejection::NoDeployment(_) => "upstream_unavailable",
             Rejection::AnswerUnscanned(_) => "answer_unscanned",
             Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::Internal => "internal_error",
@@ -125,6 +129,7 @@ impl Rejection {
             Rejection::UpstreamConnect(_)
             | Rejection::UpstreamTimeout(_)
             | Rejection::UpstreamFailed(_)
+            | Rejection::NoDeployment(_)
             | Rejection::AnswerUnscanned(_)
             | Rejection::AnswerUntranslatable(_) => "upstream",
             Rejection::Internal | Rejection::AuditUnavailable => "internal",
@@ -176,6 +181,9 @@ impl Rejection {
             Rejection::UpstreamConnect(u) => format!("upstream `{u}` could not be reached").into(),
             Rejection::UpstreamTimeout(u) => format!("upstream `{u}` did not answer in time").into(),
             Rejection::UpstreamFailed(u) => format!("upstream `{u}` failed before answering").into(),
+            Rejection::NoDeployment(s) => {
+                format!("every upstream serving this model is failing and set aside; retry in {s} s").into()
+            }
             Rejection::AnswerUnscanned(u) => format!(
                 "the answer of upstream `{u}` could not be checked (compressed, or not read whole \
                  within the time limit and {} bytes), so it is not passed on",
@@ -257,6 +265,9 @@ pub(crate) fn reject(
         Rejection::Denied(Denial {
             retry_after: Some(s), ..
         }) => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
+        }
+        Rejection::NoDeployment(s) => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
         }
         Rejection::MethodNotAllowed(allow) => {

@@ -36,6 +36,8 @@ pub struct State {
     pub(crate) models_anthropic: Bytes,
     /// `[translation]`: what translated calls do with fields their target cannot carry.
     pub(crate) translation: lattice_providers::translate::Rules,
+    /// `[failover] breaker`: when a deployment's circuit opens.
+    pub(crate) breaker: crate::failover::BreakerParams,
 }
 
 impl State {
@@ -50,7 +52,7 @@ impl State {
             .map(|u| Upstream::new(u).map(Arc::new))
             .collect::<Result<Vec<_>, UpstreamSetupError>>()
             .map_err(|e| e.to_string())?;
-        let router = Arc::new(Router::new(config, &upstreams));
+        let router = Arc::new(Router::new(config, &upstreams, None));
         let (models_openai, models_anthropic) = model_lists(&router);
         let policy = match &config.authorization {
             None => None,
@@ -149,6 +151,7 @@ impl State {
             models_openai,
             models_anthropic,
             translation: config.translation.clone(),
+            breaker: config.failover.breaker,
         })
     }
 

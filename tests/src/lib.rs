@@ -290,6 +290,7 @@ fn json(status: StatusCode, body: &str) -> Response<MockBody> {
     r
 }
 
+pub mod faults;
 pub mod usage;
 
 /// A streamed body fed by a channel: the sender learns when the reader has gone.

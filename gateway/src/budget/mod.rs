@@ -989,6 +989,43 @@ impl Reservation {
         }
     }
 
+    /// Re-prices the reservation for a fallback deployment (`upstream`, `model`): a worst case
+    /// that costs more there is reserved in addition, or refused when the budgets cannot hold it.
+    pub fn reprice(&mut self, upstream: &str, model: &str) -> Result<(), Refusal> {
+        let price = self.budgets.price(upstream, model)?;
+        if price != self.price {
+            let worst = Usage {
+                input: self.estimated_input,
+                output: self.output_cap,
+                ..Usage::default()
+            };
+            let nano = price.cost(&worst);
+            if let Some(more) = nano.checked_sub(self.amount.nano_usd).filter(|m| *m > 0) {
+                let more = Amount {
+                    nano_usd: more,
+                    tokens: 0,
+                };
+                self.budgets
+                    .store
+                    .reserve(&self.accounts, more)
+                    .map_err(|e| Refusal {
+                        code: "budget_exceeded",
+                        message: format!(
+                            "budget `{}` for `{}` cannot hold this call's worst case at `{upstream}`",
+                            e.account.budget, e.account.subject
+                        ),
+                        retry_after: None,
+                    })?;
+                self.amount.nano_usd = nano;
+            }
+            self.price = price;
+        }
+        if *self.model != *model {
+            self.model = model.into();
+        }
+        Ok(())
+    }
+
     /// The most output tokens a stream may produce before it is cut (`cut_streams`).
     pub fn output_cap(&self) -> Option<u64> {
         self.budgets.config.cut_streams.then_some(self.output_cap)

@@ -27,6 +27,9 @@ use super::{Call, Denial, Principal};
 
 pub use lattice_audit::log::{CALL_DECISION as DECISION, CALL_END as END};
 
+/// A deployment a call tried that failed, or skipped (failover), between its decision and its end.
+pub const ATTEMPT: &str = "call.attempt";
+
 #[derive(Serialize)]
 struct Who<'a> {
     id: &'a str,

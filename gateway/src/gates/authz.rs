@@ -139,6 +139,21 @@ fn input(call: &Call<'_>, budgets: Option<&crate::budget::Budgets>) -> Value {
     ])
 }
 
+impl Authorization {
+    /// Whether the policy lets the call go to the deployment now in `call.route` (a fallback)
+    /// with exactly the obligations it was let on with: any other answer, a denial, an error,
+    /// other obligations, refuses that deployment (fail closed).
+    pub fn admits_fallback(&self, call: &Call<'_>) -> Result<(), &'static str> {
+        let bundle = self.store.current();
+        match bundle.decide(input(call, self.budgets.as_deref())) {
+            Ok(d) if d.allow && d.obligations == call.obligations => Ok(()),
+            Ok(d) if d.allow => Err("the policy sets other obligations for this upstream"),
+            Ok(_) => Err("denied by policy for this upstream"),
+            Err(_) => Err("the policy could not decide for this upstream"),
+        }
+    }
+}
+
 impl Gate for Authorization {
     fn name(&self) -> &'static str {
         "authorization"
@@ -205,6 +220,7 @@ impl Gate for Authorization {
                         )
                     })?;
                 }
+                call.obligations = d.obligations;
                 Ok(())
             }
             Ok(d) if d.reasons.is_empty() => Err(deny(

@@ -136,6 +136,8 @@ pub struct Call<'a> {
     pub body_checked: bool,
     /// The policy's `model_lock` obligation.
     pub model_lock: Option<model_lock::ModelLock>,
+    /// Every obligation the policy set (a fallback deployment must get the same).
+    pub obligations: serde_json::Map<String, serde_json::Value>,
     /// Budgets the policy decision set (its `budget` obligation), charged with the configured.
     pub budget_obligations: Vec<crate::budget::Limit>,
     /// The worst case reserved on the call's budgets (set by the budget gate).
@@ -212,6 +214,8 @@ impl<G: Gate> Gate for Arc<G> {
 /// THE ordered list of gates.
 pub struct Pipeline {
     gates: Vec<Box<dyn Gate>>,
+    /// The authorization gate again, for fallback deployments.
+    authorization: Option<Arc<authz::Authorization>>,
     /// The identity gate again, for endpoints that need a caller but are not calls.
     identity: Option<Arc<identity::Identity>>,
 }
@@ -240,8 +244,9 @@ impl Pipeline {
         }
         // Authorization (Rego) next: it issues the obligations the constraint gates enforce.
         let authorized = policy.is_some();
-        if let Some(store) = policy {
-            gates.push(Box::new(authz::Authorization::new(store, budgets.clone())));
+        let authorization = policy.map(|store| Arc::new(authz::Authorization::new(store, budgets.clone())));
+        if let Some(a) = &authorization {
+            gates.push(Box::new(a.clone()));
         }
         // Another principal's session is refused unless the policy shared it (before any
         // constraint gate counts the call).
@@ -278,7 +283,11 @@ impl Pipeline {
         if let Some(b) = budgets {
             gates.push(Box::new(budget::BudgetGate(b)));
         }
-        Ok(Pipeline { gates, identity })
+        Ok(Pipeline {
+            gates,
+            authorization,
+            identity,
+        })
     }
 
     /// The caller, for endpoints outside the call path: `Ok(None)` when no identity method is
@@ -288,6 +297,19 @@ impl Pipeline {
             .as_ref()
             .map(|i| i.identify(headers, conn))
             .transpose()
+    }
+
+    /// Whether a fallback deployment (now in `call.route`) may take the call: the policy lets
+    /// it with the same obligations, and the model lock admits it.
+    pub fn admits_fallback(&self, call: &Call<'_>) -> Result<(), Cow<'static, str>> {
+        if let Some(lock) = &call.model_lock {
+            let asked = call.model_override.as_deref().unwrap_or(&call.view.model);
+            lock.admits(asked, call.route).map_err(Cow::Owned)?;
+        }
+        match &self.authorization {
+            Some(a) => a.admits_fallback(call).map_err(Cow::Borrowed),
+            None => Ok(()),
+        }
     }
 
     /// Runs the request-side checks in order; the first denial wins.

@@ -18,6 +18,7 @@ use lattice_providers::mock::{self, MockReply};
 
 use super::Plan;
 use crate::config::ProviderKind;
+use crate::failover::Trigger;
 use crate::reply::Rejection;
 use crate::request::X_REQUEST_ID;
 use crate::upstream::Target;
@@ -38,8 +39,10 @@ pub enum Answer {
 /// Why an attempt got no answer.
 #[derive(Debug)]
 pub enum AttemptError {
-    /// The connection (TCP or TLS) could not be made.
+    /// The TCP connection could not be made.
     Connect(Arc<str>),
+    /// The TLS handshake failed.
+    Tls(Arc<str>),
     /// No answer within the upstream's time limit (or the connect timed out).
     Timeout(Arc<str>),
     /// The connection failed after the request was sent, before an answer.
@@ -49,9 +52,20 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// The failover trigger this is; `None`: a gateway fault, never retried.
+    pub fn trigger(&self) -> Option<Trigger> {
+        match self {
+            AttemptError::Connect(_) => Some(Trigger::Connect),
+            AttemptError::Tls(_) => Some(Trigger::Tls),
+            AttemptError::Timeout(_) => Some(Trigger::Timeout),
+            AttemptError::Failed(_) => Some(Trigger::Reset),
+            AttemptError::Internal => None,
+        }
+    }
+
     pub(crate) fn rejection(self) -> Rejection {
         match self {
-            AttemptError::Connect(u) => Rejection::UpstreamConnect(u),
+            AttemptError::Connect(u) | AttemptError::Tls(u) => Rejection::UpstreamConnect(u),
             AttemptError::Timeout(u) => Rejection::UpstreamTimeout(u),
             AttemptError::Failed(u) => Rejection::UpstreamFailed(u),
             AttemptError::Internal => Rejection::Internal,
@@ -59,13 +73,15 @@ impl AttemptError {
     }
 }
 
-/// One attempt at `plan`'s upstream.
+/// One attempt at `plan`'s upstream, with the response head due within `limit` (at most the
+/// deployment's first-byte timeout, else the upstream's `timeout_ms`).
 pub async fn attempt(
     plan: &Plan,
     view: &CallView<'_>,
     query: Option<&str>,
     mut headers: HeaderMap,
     rid: &HeaderValue,
+    limit: Option<Duration>,
 ) -> Result<Answer, AttemptError> {
     let upstream = &plan.deployment.upstream;
     let t = match &upstream.target {
@@ -124,7 +140,12 @@ pub async fn attempt(
     *req.headers_mut() = headers;
 
     let name = &upstream.name;
-    match tokio::time::timeout(t.timeout, t.client.request(req)).await {
+    let head_within = plan
+        .deployment
+        .first_byte_timeout
+        .unwrap_or(t.timeout)
+        .min(limit.unwrap_or(Duration::MAX));
+    match tokio::time::timeout(head_within, t.client.request(req)).await {
         Ok(Ok(response)) => Ok(Answer::Http {
             response,
             timeout: t.timeout,
@@ -135,6 +156,8 @@ pub async fn attempt(
                 AttemptError::Failed(name.clone())
             } else if is_timeout(&e) {
                 AttemptError::Timeout(name.clone())
+            } else if is_tls(&e) {
+                AttemptError::Tls(name.clone())
             } else {
                 AttemptError::Connect(name.clone())
             })
@@ -148,6 +171,25 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A TLS failure: rustls's error, which hyper-rustls hands on inside an `io::Error`.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
         {
             return true;
         }

@@ -28,7 +28,7 @@ use crate::body::{AccessLog, ResponseBody};
 use crate::gates::{Call, ConnInfo};
 use crate::reply::{Rejection, audit_refused, reject};
 use crate::request::read_framed_body;
-use crate::router::{Deployment, Route};
+use crate::router::{Chosen, Deployment};
 use crate::state::State;
 
 /// The call's session: the client's `x-lattice-session` when it is sane (1-128 visible ASCII
@@ -131,8 +131,14 @@ pub async fn serve(
         Err(e) => return reject(Rejection::BadRequest(e), dialect, rid, log),
     };
     log.model = Some(view.model.as_ref().into());
-    // Resolved before the gates because policy reads the provider.
-    let route = state.router.resolve(&view.model);
+    // Resolved before the gates because policy reads the provider: the deployment the call
+    // tries first, by weight among those whose circuit admits it.
+    let mut route = state.router.resolve(&view.model);
+    let mut walk = route.map(|r| r.candidates());
+    let mut chosen = match (route, walk.as_mut()) {
+        (Some(r), Some(w)) => r.next(w),
+        _ => None,
+    };
     let mut call = Call {
         view: &view,
         headers: &parts.headers,
@@ -140,7 +146,10 @@ pub async fn serve(
         session,
         conn,
         request_id: request_id.to_str().unwrap_or("-"),
-        route: route.map(|r| &**r.primary()),
+        route: chosen
+            .as_ref()
+            .map(|c| &**c.deployment)
+            .or_else(|| route.map(|r| &**r.primary())),
         principal: None,
         model_override: None,
         policy_sha256: None,
@@ -155,6 +164,7 @@ pub async fn serve(
         session_shared: false,
         body_checked: false,
         model_lock: None,
+        obligations: Default::default(),
         budget_obligations: Vec::new(),
         reservation: None,
     };
@@ -168,60 +178,248 @@ pub async fn serve(
         return denied(state, &call, session, &bytes, d, dialect, rid, log).await;
     }
     // Dropped before the decision record (unknown model, wrong dialect), it charges nothing.
-    let reservation = call.reservation.take();
+    let mut reservation = call.reservation.take();
+    // What the gates decided about: a fallback deployment is governed anew.
+    let decided = call.route;
 
-    // 3. Plan.
-    let plan = match plan(
-        state,
-        &mut call,
-        route,
-        surface,
-        &bytes,
-        &view,
-        reservation.is_some(),
-    ) {
-        Ok(p) => p,
-        Err(rej) => {
-            if let Rejection::DialectMismatch { upstream, .. } = &rej {
-                log.upstream = Some(upstream.clone());
-            }
-            return reject(rej, dialect, rid, log);
+    // 3. Plan: a policy's `model` obligation sends the call where that model routes, under
+    // that name; an unknown model is reported only now, after the gates, so a caller who may
+    // not call at all cannot probe which models exist.
+    let override_model = call.model_override.clone();
+    if let Some(m) = &override_model {
+        route = state.router.resolve(m);
+        walk = route.map(|r| r.candidates());
+        chosen = match (route, walk.as_mut()) {
+            (Some(r), Some(w)) => r.next(w),
+            _ => None,
+        };
+    }
+    let (Some(route), Some(mut walk)) = (route, walk) else {
+        let model = override_model.unwrap_or_else(|| view.model.to_string());
+        return reject(Rejection::UnknownModel(model), dialect, rid, log);
+    };
+    // The body the PII gate redacted goes upstream instead (with the model span found again).
+    let (body, model_span) = match call.rewritten_body.take() {
+        Some(b) => {
+            let span = view::parse(surface, &b).map_or_else(|_| view.model_span.clone(), |v| v.model_span);
+            (b, span)
         }
+        None => (bytes.clone(), view.model_span.clone()),
     };
-    let upstream = &plan.deployment.upstream;
-    log.upstream = Some(upstream.name.clone());
-    // The decision record goes to the writer now; its sync overlaps the upstream call, and the
-    // response waits for it (in `respond`).
-    let sent = crate::gates::audit::Sent {
-        upstream: &upstream.name,
-        model: plan.send_model.as_deref(),
-        translated_to: plan.translation.as_ref().map(|t| t.to),
-        dropped: plan.translation.as_ref().map_or(&[][..], |t| &t.dropped),
+    let prepared = Prepared {
+        surface,
+        view: &view,
+        body: &body,
+        model_span,
+        override_model: override_model.as_deref(),
+        metered: reservation.is_some(),
     };
-    let recorded = state.audit.as_ref().map(|a| {
-        a.append(crate::gates::audit::decision(
-            &call,
+    log.filter = respond::response_filter(state, &mut call, dialect);
+
+    // 4. Attempts: each deployment the walk chooses, until one answers or a failure may not
+    // move on. The decision record names the first; each failed attempt has a record of its own.
+    let policy = &route.failover;
+    let breaker = &state.breaker;
+    let deadline = tokio::time::Instant::now() + policy.deadline;
+    route.retry_budget.deposit();
+    let mut recorded = None;
+    let mut attempts = 0u32;
+    let mut same = 0u32;
+    let mut last: Option<(Plan, Result<attempt::Answer, attempt::AttemptError>)> = None;
+    let started = std::time::Instant::now();
+    while let Some(c) = chosen.take() {
+        let d = c.deployment;
+        if !decided.is_some_and(|g| std::ptr::eq(g, &**d)) {
+            call.route = Some(d);
+            if let Err(why) = state.pipeline.admits_fallback(&call) {
+                attempt_record(
+                    state,
+                    session,
+                    &call,
+                    d,
+                    &view,
+                    "skipped",
+                    Some(&why),
+                    None,
+                    started,
+                );
+                chosen = route.next(&mut walk);
+                continue;
+            }
+        }
+        let plan = match plan(state, &prepared, d) {
+            Ok(p) => p,
+            // The first deployment's refusal is the call's (as without fallbacks).
+            Err(rej) if attempts == 0 && recorded.is_none() && last.is_none() => {
+                if let Rejection::DialectMismatch { upstream, .. } = &rej {
+                    log.upstream = Some(upstream.clone());
+                }
+                return reject(rej, dialect, rid, log);
+            }
+            Err(_) => {
+                attempt_record(
+                    state,
+                    session,
+                    &call,
+                    d,
+                    &view,
+                    "skipped",
+                    Some("cannot carry the call"),
+                    None,
+                    started,
+                );
+                chosen = route.next(&mut walk);
+                continue;
+            }
+        };
+        if let Some(r) = reservation.as_mut() {
+            let (upstream, model) = d.label(&view.model);
+            if let Err(refused) = r.reprice(upstream, plan.send_model.as_deref().unwrap_or(model)) {
+                attempt_record(
+                    state,
+                    session,
+                    &call,
+                    d,
+                    &view,
+                    "skipped",
+                    Some(&refused.message),
+                    None,
+                    started,
+                );
+                chosen = route.next(&mut walk);
+                continue;
+            }
+        }
+        if recorded.is_none() {
+            // The decision record goes to the writer now; its sync overlaps the upstream call,
+            // and the response waits for it (below).
+            let sent = crate::gates::audit::Sent {
+                upstream: &d.upstream.name,
+                model: plan.send_model.as_deref(),
+                translated_to: plan.translation.as_ref().map(|t| t.to),
+                dropped: plan.translation.as_ref().map_or(&[][..], |t| &t.dropped),
+            };
+            recorded = Some(state.audit.as_ref().map(|a| {
+                a.append(crate::gates::audit::decision(
+                    &call,
+                    session,
+                    &bytes,
+                    None,
+                    Some(&sent),
+                    reservation.as_ref(),
+                ))
+            }));
+        }
+        attempts += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = attempt::attempt(
+            &plan,
+            &view,
+            parts.uri.query(),
+            parts.headers.clone(),
+            &rid,
+            Some(left),
+        )
+        .await;
+        let (trigger, retry_after) = match &answer {
+            Ok(attempt::Answer::Http { response, .. }) => (
+                crate::failover::Trigger::of_status(response.status().as_u16()),
+                crate::failover::retry_after(response.headers()),
+            ),
+            Ok(attempt::Answer::Mock(_)) => (None, None),
+            Err(e) => (e.trigger(), None),
+        };
+        let Some(trigger) = trigger else {
+            d.health.success(breaker);
+            last = Some((plan, answer));
+            break;
+        };
+        d.health
+            .failure(breaker, retry_after.filter(|_| trigger_ejects(trigger)));
+        let outcome = match &answer {
+            Ok(attempt::Answer::Http { response, .. }) => Outcome::Status(response.status().as_u16()),
+            _ => Outcome::Failed(trigger.name()),
+        };
+        attempt_record(
+            state,
             session,
-            &bytes,
+            &call,
+            d,
+            &view,
+            "failed",
             None,
-            Some(&sent),
-            reservation.as_ref(),
-        ))
-    });
+            Some(outcome),
+            started,
+        );
+        last = Some((plan, answer));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !policy.on.contains(trigger) || attempts >= policy.max_attempts || left.is_zero() {
+            break;
+        }
+        // The same deployment again (after a backoff, or its `Retry-After`), else the next.
+        let wait = crate::failover::backoff(
+            policy,
+            same + 1,
+            retry_after,
+            crate::failover::mix(attempts.into()),
+        );
+        let again = same < policy.retries && wait <= policy.backoff_max.min(left) && c.probe.is_none();
+        let next = if again {
+            Some(Chosen {
+                deployment: d,
+                probe: None,
+            })
+        } else {
+            route.next(&mut walk)
+        };
+        if next.is_none() || !route.retry_budget.withdraw() {
+            break;
+        }
+        if again {
+            same += 1;
+            tokio::time::sleep(wait).await;
+        } else {
+            same = 0;
+        }
+        chosen = next;
+    }
+
+    // 5. Respond: nothing leaves before the decision record is durable. Dropping an upstream's
+    // answer closes its connection: nothing unrecorded goes out.
+    let Some((plan, answer)) = last else {
+        // No deployment could take the call: every circuit open, or each refused it.
+        let retry = walk.ejected_ms.map_or(1, |ms| ms.div_ceil(1000).max(1));
+        return match recorded.flatten() {
+            None => {
+                if let Some(a) = &state.audit {
+                    let event = crate::gates::audit::decision(
+                        &call,
+                        session,
+                        &bytes,
+                        None,
+                        None,
+                        reservation.as_ref(),
+                    );
+                    if let Err(e) = a.append(event).await {
+                        return audit_refused(&e, dialect, rid, log);
+                    }
+                }
+                reject(Rejection::NoDeployment(retry), dialect, rid, log)
+            }
+            Some(r) => match r.await {
+                Err(e) => audit_refused(&e, dialect, rid, log),
+                Ok(_) => reject(Rejection::NoDeployment(retry), dialect, rid, log),
+            },
+        };
+    };
+    log.upstream = Some(plan.deployment.upstream.name.clone());
     // Metered: an OpenAI stream is asked for its usage, which the client gets only if it asked.
     if let Some(r) = reservation {
         let mut spend = crate::budget::Spend::new(r);
         spend.strip_usage = plan.ask_usage;
         log.spend = Some(spend);
     }
-    log.filter = respond::response_filter(state, &mut call, dialect);
-
-    // 4. Attempt.
-    let answer = attempt::attempt(&plan, &view, parts.uri.query(), parts.headers, &rid).await;
-
-    // 5. Respond: nothing leaves before the decision record is durable. Dropping an upstream's
-    // answer closes its connection: nothing unrecorded goes out.
-    if let Some(recorded) = recorded
+    if let Some(recorded) = recorded.flatten()
         && let Err(e) = recorded.await
     {
         return audit_refused(&e, dialect, rid, log);
@@ -230,6 +428,76 @@ pub async fn serve(
         Ok(answer) => respond::respond(answer, &plan, dialect, log).await,
         Err(failure) => reject(failure.rejection(), dialect, rid, log),
     }
+}
+
+/// Whether an upstream's `Retry-After` on this trigger ejects the deployment for that long
+/// (it asks to be left alone); on other failures it only paces a retry.
+fn trigger_ejects(t: crate::failover::Trigger) -> bool {
+    use crate::failover::Trigger;
+    matches!(
+        t,
+        Trigger::TooManyRequests | Trigger::Unavailable | Trigger::Overloaded
+    )
+}
+
+/// How an attempt failed, for its record.
+enum Outcome {
+    Status(u16),
+    Failed(&'static str),
+}
+
+/// A `call.attempt` record: a deployment the call tried and that failed, or skipped. Appended
+/// lazily (synced with the decision record, or the call's next record).
+#[allow(clippy::too_many_arguments)]
+fn attempt_record(
+    state: &State,
+    session: &str,
+    call: &Call<'_>,
+    d: &Deployment,
+    view: &CallView<'_>,
+    result: &'static str,
+    reason: Option<&str>,
+    outcome: Option<Outcome>,
+    started: std::time::Instant,
+) {
+    let (upstream, model) = d.label(&view.model);
+    tracing::info!(target: "lattice::failover", upstream, model, result, reason, "deployment {result}");
+    let Some(audit) = &state.audit else { return };
+    let (status, error) = match outcome {
+        Some(Outcome::Status(s)) => (Some(s), None),
+        Some(Outcome::Failed(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    let payload = serde_json::json!({
+        "request_id": call.request_id,
+        "upstream": upstream,
+        "upstream_model": model,
+        "result": result,
+        "reason": reason,
+        "status": status,
+        "error": error,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+        "bytes_sent": 0,
+    });
+    let event = lattice_audit::Event {
+        kind: crate::gates::audit::ATTEMPT.into(),
+        session: session.into(),
+        principal: call.principal.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+    };
+    let _ = audit.append_lazy(event);
+}
+
+/// What every deployment's plan starts from.
+struct Prepared<'a> {
+    surface: Surface,
+    view: &'a CallView<'a>,
+    /// As received, or as the PII gate redacted it.
+    body: &'a Bytes,
+    model_span: std::ops::Range<usize>,
+    /// The policy's `model` obligation.
+    override_model: Option<&'a str>,
+    metered: bool,
 }
 
 type Response = http::Response<ResponseBody>;
@@ -271,45 +539,20 @@ async fn denied(
     reject(Rejection::Denied(d), dialect, rid, log)
 }
 
-/// Phase 3: where the allowed call goes. A policy's `model` obligation sends it where that
-/// model routes, under that name; an unknown model is reported only now, after the gates, so a
-/// caller who may not call at all cannot probe which models exist.
-fn plan(
-    state: &State,
-    call: &mut Call<'_>,
-    route: Option<&Arc<Route>>,
-    surface: Surface,
-    bytes: &Bytes,
-    view: &CallView<'_>,
-    metered: bool,
-) -> Result<Plan, Rejection> {
-    // The body the PII gate redacted goes upstream instead (with the model span found again).
-    let (body, model_span) = match call.rewritten_body.take() {
-        Some(b) => {
-            let span = view::parse(surface, &b).map_or_else(|_| view.model_span.clone(), |v| v.model_span);
-            (b, span)
-        }
-        None => (bytes.clone(), view.model_span.clone()),
-    };
-    let override_model = call.model_override.take();
-    let route = match &override_model {
-        Some(m) => state.router.resolve(m),
-        None => route,
-    };
-    let Some(route) = route.map(|r| r.primary().clone()) else {
-        let model = override_model.unwrap_or_else(|| view.model.to_string());
-        return Err(Rejection::UnknownModel(model));
-    };
+/// Phase 3, for one deployment: the name it is sent under, and the body it gets.
+fn plan(state: &State, p: &Prepared<'_>, deployment: &Arc<Deployment>) -> Result<Plan, Rejection> {
+    let (surface, view) = (p.surface, p.view);
+    let route = deployment.clone();
     // The name the upstream gets: the route's rename, else the policy's override, else as asked.
     let send_model: Option<Box<str>> = route
         .upstream_model
         .clone()
-        .or_else(|| override_model.map(Into::into));
+        .or_else(|| p.override_model.map(Into::into));
     let client = surface.dialect();
     if !route.upstream.speaks(client) {
-        return translated(state, route, surface, &body, view, send_model);
+        return translated(state, route, surface, p.body, view, send_model);
     }
-    let ask_usage = metered && surface == Surface::ChatCompletions && view.stream && !view.include_usage;
+    let ask_usage = p.metered && surface == Surface::ChatCompletions && view.stream && !view.include_usage;
     if client == Dialect::Gemini
         && matches!(route.upstream.target, crate::upstream::Target::Http(_))
         && !crate::upstream::path_safe_model(send_model.as_deref().unwrap_or(&view.model))
@@ -321,12 +564,14 @@ fn plan(
     let body = if matches!(route.upstream.target, crate::upstream::Target::Http(_)) {
         let body = match send_model.as_deref() {
             // Gemini's model is in its URL, not the body.
-            Some(m) if m != view.model && client != Dialect::Gemini => splice_model(&body, model_span, m),
-            _ => body,
+            Some(m) if m != view.model && client != Dialect::Gemini => {
+                splice_model(p.body, p.model_span.clone(), m)
+            }
+            _ => p.body.clone(),
         };
         if ask_usage { with_include_usage(body) } else { body }
     } else {
-        body
+        p.body.clone()
     };
     Ok(Plan {
         deployment: route,
