@@ -1389,17 +1389,48 @@ mod tests {
         assert_eq!(r.groups[1][0].upstream_model.as_deref(), Some("y"));
         assert_eq!(r.failover.retries, 1);
         assert!(!r.failover.on.contains(crate::failover::Trigger::TooManyRequests));
-        assert!(c.budgets.prices.iter().any(|(m, _)| m == "oa/x"), "a deployment's price is oa/x's");
+        assert!(
+            c.budgets.prices.iter().any(|(m, _)| m == "oa/x"),
+            "a deployment's price is oa/x's"
+        );
 
         for (body, key, says) in [
-            ("upstream = \"m\"\ngroups = [{ deployments = [{ upstream = \"m\" }] }]", "routes[1]", "not both"),
+            (
+                "upstream = \"m\"\ngroups = [{ deployments = [{ upstream = \"m\" }] }]",
+                "routes[1]",
+                "not both",
+            ),
             ("", "routes[1].upstream", "needs `upstream` or `groups`"),
-            ("groups = [{ deployments = [] }]", "routes[1].groups[0].deployments", "at least one"),
-            ("upstream = \"m\"\nfallbacks = [{ upstream = \"zz\" }]", "routes[1].fallbacks[0].upstream", "zz"),
-            ("upstream = \"m\"\nfallbacks = [{ upstream = \"oa\", weight = 0 }]", "routes[1].fallbacks[0].weight", "1 to"),
-            ("upstream = \"m\"\nfailover = { on = [\"404\"] }", "routes[1].failover.on", "not a failover trigger"),
-            ("upstream = \"m\"\nfailover = { max_attempts = 0 }", "routes[1].failover.max_attempts", "at least 1"),
-            ("upstream = \"m\"\nfallbacks = [{ upstream = \"oa\", price = { input = 1.0, output = 1.0 } }]", "routes[1].fallbacks[0].price", "needs its `model`"),
+            (
+                "groups = [{ deployments = [] }]",
+                "routes[1].groups[0].deployments",
+                "at least one",
+            ),
+            (
+                "upstream = \"m\"\nfallbacks = [{ upstream = \"zz\" }]",
+                "routes[1].fallbacks[0].upstream",
+                "zz",
+            ),
+            (
+                "upstream = \"m\"\nfallbacks = [{ upstream = \"oa\", weight = 0 }]",
+                "routes[1].fallbacks[0].weight",
+                "1 to",
+            ),
+            (
+                "upstream = \"m\"\nfailover = { on = [\"404\"] }",
+                "routes[1].failover.on",
+                "not a failover trigger",
+            ),
+            (
+                "upstream = \"m\"\nfailover = { max_attempts = 0 }",
+                "routes[1].failover.max_attempts",
+                "at least 1",
+            ),
+            (
+                "upstream = \"m\"\nfallbacks = [{ upstream = \"oa\", price = { input = 1.0, output = 1.0 } }]",
+                "routes[1].fallbacks[0].price",
+                "needs its `model`",
+            ),
         ] {
             let e = load(&route(body)).unwrap_err();
             assert_eq!(e.key, key, "{body}: {e}");
