@@ -47,6 +47,10 @@ pub struct Route {
     pub retry_budget: RetryBudget,
     /// Counts calls, for weighted choices ([`crate::failover::mix`]).
     calls: AtomicU64,
+    /// Whether circuits steer calls: not on a route of one deployment, where ejecting it could
+    /// only turn its upstream's own answer (a per-model 429, a passing 503) into an outage of
+    /// ours, as LiteLLM and Envoy's panic threshold also hold. Its breaker still records.
+    steer: bool,
 }
 
 #[derive(Debug)]
@@ -93,7 +97,7 @@ impl Route {
 
     /// Whether the route has more than one deployment.
     pub fn has_fallbacks(&self) -> bool {
-        self.groups.len() > 1 || self.groups[0].deployments.len() > 1
+        self.steer
     }
 
     /// Every deployment, groups in order.
@@ -121,7 +125,8 @@ impl Route {
             while let Some(i) = pick(&g.weights, c.tried | refused, c.draw) {
                 c.draw = mix(c.draw);
                 let d = &g.deployments[i];
-                match d.health.admit() {
+                let admit = if self.steer { d.health.admit() } else { Admit::Yes };
+                match admit {
                     a @ (Admit::Yes | Admit::Probe) => {
                         c.tried |= 1 << i;
                         return Some(Chosen {
@@ -174,7 +179,7 @@ impl Router {
             }
         }
         for r in &config.routes {
-            let groups = r
+            let groups: Box<[Group]> = r
                 .groups
                 .iter()
                 .map(|g| Group {
@@ -199,7 +204,9 @@ impl Router {
                         .collect(),
                 })
                 .collect();
+            let steer = groups.len() > 1 || groups.iter().any(|g| g.deployments.len() > 1);
             let target = Arc::new(Route {
+                steer,
                 groups,
                 failover: r.failover,
                 retry_budget: RetryBudget::new(config.failover.retry_budget),

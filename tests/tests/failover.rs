@@ -370,3 +370,34 @@ async fn a_stream_that_fails_before_its_head_moves_too() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_route_of_one_deployment_is_never_ejected_by_its_own_breaker() {
+    // A per-model 429 with a long Retry-After must not turn into a minute of 503s from us: with
+    // nowhere else to go, the next call goes to the upstream, whose own answer is the truth.
+    let a = FaultyUpstream::start("a", vec![Fault::Status(429, Some("60")), Fault::Ok]).await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.a]
+kind = "openai"
+base_url = "http://{}/v1"
+api_key = "key-a"
+
+[[routes]]
+model = "*"
+upstream = "a"
+"#,
+        a.addr
+    ))
+    .await;
+    let first = call(gw.addr).await;
+    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS, "{}", first.text());
+    let second = call(gw.addr).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(second.json()["choices"][0]["message"]["content"], "from a");
+    assert_eq!(a.hits(), 2);
+    gw.stop().await;
+}
